@@ -1,0 +1,303 @@
+"""A small GPT (nanoGPT-shaped) with padding-aware attention and KV-cache sampling.
+
+The surface matches nanoGPT so the two can be swapped: `GPTConfig`, `GPT(config)`,
+`forward(idx, targets=None) -> (logits, loss)`. Three additions serve fine-tuning:
+
+- `forward(..., pad_mask=)`: rows may be left-padded (batched generation over prompts of
+  different lengths). Positions are counted from each row's first real token, so a
+  left-padded row sees exactly the positions it would see unpadded.
+- `generate(...)`: batched sampling with a KV cache, greedy at temperature 0, per-row stop
+  at an end token, reproducible through a `torch.Generator`.
+- `token_logprobs(...)`: per-token log pi and entropy of response tokens from one forward
+  pass and one log-softmax; every loss and metric in gft.py / train.py uses it.
+
+Shapes: B batch, T time, C = n_embd, nh heads, hs = C // nh head size, V vocabulary.
+"""
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda when present, else cpu; anything else is passed to torch.device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} asked for but torch.cuda.is_available() is False")
+    return torch.device(name)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (torch's has no bias=False before 2.1; kept for nanoGPT parity)."""
+
+    def __init__(self, ndim, bias):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class KVCache:
+    """Preallocated keys and values for every layer: (n_layer, B, nh, max_len, hs) each.
+
+    `length` is the number of filled time slots, shared by all rows: rows that are shorter
+    are left-padded, so slot t is position t - (number of pads) for that row.
+    """
+
+    def __init__(self, n_layer, B, nh, max_len, hs, device, dtype):
+        self.k = torch.zeros(n_layer, B, nh, max_len, hs, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.length = 0
+
+    def append(self, layer, k, v):
+        """Write k, v (B, nh, T, hs) after the filled slots; return all keys and values so far."""
+        t0, t1 = self.length, self.length + k.size(2)
+        self.k[layer, :, :, t0:t1] = k
+        self.v[layer, :, :, t0:t1] = v
+        return self.k[layer, :, :, :t1], self.v[layer, :, :, :t1]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
+
+    def forward(self, x, attn_mask=None, cache=None, layer=0):
+        # x (B, T, C); attn_mask None (plain causal) or bool (B, 1, T, S), True = may attend
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if cache is not None:
+            k, v = cache.append(layer, k, v)  # (B, nh, S, hs), S = cached + T
+        dropout = self.dropout if self.training else 0.0
+        if attn_mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, attn_mask=None, cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), attn_mask, cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 128  # longest prompt + response; the built-in task needs < 80
+    vocab_size: int = 258  # data.py's byte encoding: 256 bytes + end-of-text + pad
+    n_layer: int = 4  # 4 x 4 x 128 trains at ~15k tokens/s on 2 CPU cores (TASK_NOTES.md)
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0  # tiny models on generated data do not overfit in minutes
+    bias: bool = False  # nanoGPT: slightly better and faster without
+
+    def __post_init__(self):
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"GPTConfig.{name} must be a positive int, got {getattr(self, name)!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
+
+
+class Generation(NamedTuple):
+    tokens: torch.Tensor  # (B, max_new_tokens) new tokens; pad_id after a row stopped
+    lengths: torch.Tensor  # (B,) new tokens per row, the end token included when it stopped
+    stopped: torch.Tensor  # (B,) bool: True where the row emitted the end token
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying, as GPT-2
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scaled init of residual projections
+            if name.endswith("c_proj.weight"):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding=True):
+        """Parameter count; by default without the position and (tied) token embeddings."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel() + self.transformer.wte.weight.numel()
+        return n
+
+    def forward(self, idx, targets=None, pad_mask=None):
+        """idx (B, T) tokens -> logits (B, T, V), loss (mean cross-entropy, targets -1 ignored).
+
+        pad_mask (B, T) bool, True at real tokens, only for left-padded rows: it shifts
+        positions so each row starts at 0 and stops real tokens from attending to pads.
+        Right padding needs no mask: causal attention never looks ahead.
+        """
+        logits = self._logits(idx, pad_mask)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def _logits(self, idx, pad_mask=None, cache=None, pos=None, attn_mask=None):
+        B, T = idx.size()
+        if pad_mask is not None:  # left padding: positions from each row's first real token
+            pos = (pad_mask.long().cumsum(1) - 1).clamp(min=0)  # (B, T)
+            attn_mask = self._attn_mask(pad_mask, T)
+        elif pos is None:
+            pos = torch.arange(T, device=idx.device).unsqueeze(0)  # (1, T)
+        if int(pos.max()) >= self.config.block_size:
+            raise ValueError(f"sequence reaches position {int(pos.max())} but block_size is {self.config.block_size}")
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, attn_mask, cache, i)
+        return self.lm_head(self.transformer.ln_f(x))
+
+    @staticmethod
+    def _attn_mask(key_real, T):
+        """key_real (B, S) bool -> (B, 1, T, S): the last T queries attend causally to real keys.
+
+        A pad query may also attend to itself, so no row of the mask is empty (an empty row
+        makes softmax NaN); pad outputs are never used.
+        """
+        S = key_real.size(1)
+        q_pos = torch.arange(S - T, S, device=key_real.device).unsqueeze(1)  # (T, 1)
+        k_pos = torch.arange(S, device=key_real.device).unsqueeze(0)  # (1, S)
+        causal = k_pos <= q_pos  # (T, S)
+        mask = causal.unsqueeze(0) & key_real.unsqueeze(1)  # (B, T, S)
+        mask = mask | (k_pos == q_pos).unsqueeze(0)
+        return mask.unsqueeze(1)
+
+    def token_logprobs(self, tokens, resp_mask, with_entropy=True):
+        """Per-token log-probabilities (and entropies) of the response tokens in one pass.
+
+        tokens (N, L): prompt + response, right-padded; resp_mask (N, L) bool: True at
+        response tokens. Returns logprobs (N, L-1) = log pi(tokens[:, 1:] | prefix) and
+        entropy (N, L-1) of the policy at those positions (no gradient), both zero where
+        resp_mask[:, 1:] is False. Use resp_mask[:, 1:] as the loss mask.
+        One log-softmax gives both: p = exp(log p) of the chosen token, never a second softmax.
+        """
+        logits = self._logits(tokens[:, :-1]).float()  # (N, L-1, V); float32 under autocast too
+        logp = F.log_softmax(logits, dim=-1)  # (N, L-1, V)
+        lp = logp.gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)  # (N, L-1)
+        mask = resp_mask[:, 1:]
+        lp = torch.where(mask, lp, torch.zeros_like(lp))
+        ent = None
+        if with_entropy:
+            with torch.no_grad():
+                ent = -(logp.exp() * logp).sum(-1)  # (N, L-1)
+                ent = torch.where(mask, ent, torch.zeros_like(ent))
+        return lp, ent
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, pad_mask=None,
+                 eos_id=None, pad_id=0, generator=None, use_cache=True):
+        """Sample continuations for a batch of (left-padded) prompts.
+
+        idx (B, T) prompts, left-padded; pad_mask (B, T) bool, True at real tokens (None: no
+        padding). temperature 0 = greedy. A row stops after it emits eos_id; later slots are
+        pad_id. use_cache=False recomputes the whole prefix every step (tests, benchmarks).
+        Returns Generation(tokens (B, max_new_tokens), lengths (B,), stopped (B,)).
+        """
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+        B, T = idx.shape
+        dev = idx.device
+        if pad_mask is None:
+            pad_mask = torch.ones(B, T, dtype=torch.bool, device=dev)
+        longest = int(pad_mask.sum(1).max()) + max_new_tokens
+        if longest > self.config.block_size:
+            raise ValueError(f"prompt ({int(pad_mask.sum(1).max())} tokens) + max_new_tokens ({max_new_tokens}) "
+                             f"= {longest} exceeds block_size {self.config.block_size}")
+        out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=dev)
+        done = torch.zeros(B, dtype=torch.bool, device=dev)
+        lengths = torch.full((B,), max_new_tokens, dtype=torch.long, device=dev)
+        seq, mask = idx, pad_mask
+        cache = None
+        if use_cache:
+            c = self.config
+            dtype = self.lm_head.weight.dtype if not torch.is_autocast_enabled(dev.type) else torch.get_autocast_dtype(dev.type)
+            cache = KVCache(c.n_layer, B, c.n_head, T + max_new_tokens, c.n_embd // c.n_head, dev, dtype)
+            logits = self._logits(idx, pad_mask, cache=cache)[:, -1]  # prefill (B, V)
+            cache.length = T
+        for t in range(max_new_tokens):
+            if not use_cache:
+                logits = self._logits(seq, mask)[:, -1]
+            nxt = self._sample(logits.float(), temperature, top_k, generator)  # (B,)
+            nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+            out[:, t] = nxt
+            if eos_id is not None:
+                hit = (nxt == eos_id) & ~done
+                lengths = torch.where(hit, torch.full_like(lengths, t + 1), lengths)
+                done = done | hit
+                if bool(done.all()):
+                    break
+            if t == max_new_tokens - 1:
+                break
+            seq = torch.cat([seq, nxt[:, None]], 1)
+            mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.bool, device=dev)], 1)
+            if use_cache:
+                pos = mask.long().sum(1, keepdim=True) - 1  # (B, 1) position of the new token
+                logits = self._logits(nxt[:, None], cache=cache, pos=pos,
+                                      attn_mask=self._attn_mask(mask, 1))[:, -1]
+                cache.length += 1
+        return Generation(out, lengths, done)
+
+    @staticmethod
+    def _sample(logits, temperature, top_k, generator):
+        """logits (B, V) -> next tokens (B,)."""
+        if temperature == 0:
+            return logits.argmax(-1)
+        logits = logits / temperature
+        if top_k is not None and top_k < logits.size(-1):
+            kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = F.softmax(logits, dim=-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
