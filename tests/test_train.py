@@ -1,0 +1,133 @@
+"""The pipeline: every mode runs, SFT is GFT's limiting case step for step, resume is exact,
+settings are checked, pass@k is unbiased, and two DDP processes match one."""
+import itertools
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "96"]
+FAST = ["--eval_n", "4", "--passk_problems", "2", "--passk_n", "2", "--kl_n", "2", "--n_prompts", "32",
+        "--log_every", "1", "--max_new_tokens", "48"]
+
+
+def run(*args):
+    return train.main(list(args) + FAST)
+
+
+def weights(path):
+    return train.load_checkpoint(path)["model"]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    out = tmp_path_factory.mktemp("base")
+    run("pretrain", "--out", str(out), "--steps", "6", "--batch_size", "8", *TINY)
+    return str(out / "ckpt.pt")
+
+
+def finite_losses(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        rows = [json.loads(l) for l in f]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    return losses and all(math.isfinite(x) for x in losses)
+
+
+@pytest.mark.parametrize("mode", ["sft", "dft", "gft", "grpo"])
+def test_each_mode_runs_and_its_loss_is_finite(base, tmp_path, mode):
+    out = str(tmp_path / mode)
+    r = run(mode, "--init", base, "--out", out, "--steps", "2", "--batch_size", "4",
+            "--prompts_per_step", "2", "--n_rollout", "2")
+    assert finite_losses(out)
+    assert 0.0 <= r["acc_test"] <= 1.0 and math.isfinite(r["kl_base"]) and r["kl_base"] >= -1e-6
+    ev = run("eval", "--init", os.path.join(out, "ckpt.pt"))
+    assert ev["acc_test"] == r["acc_test"]  # eval of the checkpoint reproduces the run's final eval
+
+
+def test_gft_with_tau_zero_and_one_expert_takes_the_same_step_as_sft(base, tmp_path):
+    run("sft", "--init", base, "--out", str(tmp_path / "sft"), "--steps", "1", "--batch_size", "4")
+    run("gft", "--init", base, "--out", str(tmp_path / "gft"), "--steps", "1", "--prompts_per_step", "4",
+        "--n_expert", "1", "--n_teacher", "0", "--n_rollout", "0", "--tau", "0")
+    a, b = weights(str(tmp_path / "sft" / "ckpt.pt")), weights(str(tmp_path / "gft" / "ckpt.pt"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["lm_head.weight"], weights(base)["lm_head.weight"])  # a step was taken
+
+
+def test_resume_after_interruption_equals_uninterrupted_run_bitwise(base, tmp_path, monkeypatch):
+    args = ("gft", "--init", base, "--steps", "4", "--ckpt_every", "2", "--prompts_per_step", "2", "--n_rollout", "2")
+    run(*args, "--out", str(tmp_path / "full"))
+
+    calls, real_step = [], train.train_step
+
+    def dying_step(*a, **k):  # the 4th call (step 3) dies after the checkpoint of step 2
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt("simulated kill")
+        return real_step(*a, **k)
+
+    monkeypatch.setattr(train, "train_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        run(*args, "--out", str(tmp_path / "cut"))
+    assert train.load_checkpoint(str(tmp_path / "cut" / "ckpt.pt"))["step"] == 2
+    monkeypatch.setattr(train, "train_step", real_step)
+    run(*args, "--out", str(tmp_path / "cut"), "--resume", "true")
+    a, b = weights(str(tmp_path / "full" / "ckpt.pt")), weights(str(tmp_path / "cut" / "ckpt.pt"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(l).get("step") for l in open(tmp_path / "cut" / "metrics.jsonl")]
+    assert [s for s in steps if s] == [1, 2, 3, 4]  # no duplicated or missing log lines
+
+
+def test_resume_with_changed_settings_is_an_error_unless_overridden(base, tmp_path):
+    out = str(tmp_path / "r")
+    run("sft", "--init", base, "--out", out, "--steps", "2", "--batch_size", "4")
+    with pytest.raises(ValueError, match=r"lr: 0.0003 -> 0.001"):
+        run("sft", "--init", base, "--out", out, "--steps", "2", "--batch_size", "4", "--lr", "1e-3", "--resume", "true")
+    run("sft", "--init", base, "--out", out, "--steps", "3", "--batch_size", "4", "--resume", "true", "--override", "true")
+    assert train.load_checkpoint(os.path.join(out, "ckpt.pt"))["step"] == 3
+
+
+def test_unknown_setting_is_an_error_naming_it():
+    with pytest.raises(SystemExit, match="--bogus"):
+        train.parse_args(["gft", "--bogus", "1"])
+
+
+@pytest.mark.parametrize("flag,value,pattern", [
+    ("--tau", "1.5", r"--tau 1.5 is out of range \[0.0, 1.0\]"),
+    ("--lr", "-1", r"--lr -1.0 is out of range"),
+    ("--temperature", "-0.5", r"--temperature -0.5 is out of range"),
+    ("--prompts_per_step", "0", r"--prompts_per_step 0 is out of range \[1, inf\]"),
+])
+def test_out_of_range_setting_is_an_error_naming_setting_and_range(flag, value, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        train.parse_args(["gft", "--init", "x.pt", flag, value])
+
+
+@pytest.mark.parametrize("n,c,k", [(n, c, k) for n in range(1, 7) for c in range(n + 1) for k in range(1, n + 1)])
+def test_pass_at_k_equals_brute_force_over_all_subsets(n, c, k):
+    samples = [True] * c + [False] * (n - c)
+    subsets = list(itertools.combinations(range(n), k))
+    brute = sum(any(samples[i] for i in s) for s in subsets) / len(subsets)
+    assert train.pass_at_k(n, c, k) == pytest.approx(brute, abs=1e-12)
+
+
+def test_two_ddp_processes_match_one_process_on_the_same_global_batch(base, tmp_path):
+    if shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")):
+        pytest.fail("torchrun not found next to the Python interpreter")
+    args = ["sft", "--init", base, "--steps", "2", "--batch_size", "6", *FAST]
+    train.main(args + ["--out", str(tmp_path / "one")])
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           os.path.join(ROOT, "train.py"), *args, "--out", str(tmp_path / "two")]
+    p = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    a, b = weights(str(tmp_path / "one" / "ckpt.pt")), weights(str(tmp_path / "two" / "ckpt.pt"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
