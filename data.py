@@ -281,7 +281,7 @@ def pretrain_solution(problem, rng, cfg):
     return problem.expert
 
 
-def _slip(operands, rng):
+def _slip(operands, rng, op="+"):
     """A plausible mistake that propagates: either a miscopied operand digit or a partial
     sum off by 1 or 10 (a dropped or doubled carry), the later steps computed from it."""
     xs = list(operands)
@@ -292,13 +292,15 @@ def _slip(operands, rng):
         choices = [d for d in "0123456789" if d != s[j] and not (j == 0 and d == "0")]
         s[j] = rng.choice(choices)
         xs[i] = int("".join(s))
-        return running_sum(xs)
+        return running_sum(xs, op)
+    sign = 1 if op == "+" else -1
     k = rng.randrange(1, len(xs))  # which step slips
-    delta = rng.choice([d for d in (-10, -1, 1, 10) if sum(xs[:k + 1]) + d >= 0])
+    right = xs[0] + sign * sum(xs[1:k + 1])  # the true partial result at step k
+    delta = rng.choice([d for d in (-10, -1, 1, 10) if right + d >= 0] or [1, 10])
     steps, acc = [], xs[0]
     for i, x in enumerate(xs[1:], start=1):
-        nxt = acc + x + (delta if i == k else 0)
-        steps.append(f"{acc}+{x}={nxt};")
+        nxt = acc + sign * x + (delta if i == k else 0)
+        steps.append(f"{acc}{op}{x}={nxt};")
         acc = nxt
     return "".join(steps) + f"#### {acc}"
 
@@ -314,10 +316,13 @@ def teacher_solutions(problem, n, rng, error_rate=0.25):
         raise ValueError(f"n (teacher count) must be >= 0, got {n}")
     if not problem.operands:
         return rng.sample(list(problem.teachers), min(n, len(problem.teachers)))
-    out = []
+    xs, out = problem.operands, []
     for _ in range(n):
-        order = rng.sample(problem.operands, len(problem.operands))
-        out.append(_slip(order, rng) if rng.random() < error_rate else running_sum(order, problem.op))
+        if problem.op == "+":
+            order = rng.sample(xs, len(xs))
+        else:  # a-b-c = a-c-b: only the subtrahends may change places
+            order = (xs[0],) + tuple(rng.sample(xs[1:], len(xs) - 1))
+        out.append(_slip(order, rng, problem.op) if rng.random() < error_rate else running_sum(order, problem.op))
     return out
 
 

@@ -1,0 +1,350 @@
+"""Properties of data.py: the tokenizer, the task and its splits, the verifier, the JSONL loader.
+
+Everything here is CPU-only, offline and seeded; hypothesis runs derandomized.
+"""
+import collections
+import json
+import os
+import random
+import re
+import sys
+
+import pytest
+import tiktoken
+from hypothesis import given, settings, strategies as st
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from data import (EOT, PAD, SPLITS, Problem, TaskConfig, Tokenizer, load_jsonl,  # noqa: E402
+                  make_problem, make_split, solution_order, teacher_solutions, verify,
+                  verify_trace, write_jsonl)
+
+DATA_DIR = os.path.join(os.path.dirname(__file__), "..", "data")
+FAST = settings(max_examples=60, deadline=None, derandomize=True)
+TOK = Tokenizer()
+
+
+def trace_is_right(text, problem):
+    """Ground truth, written independently of data.py: every step a <op> b = c is correct
+    arithmetic, each step starts from the previous result, the operands are used exactly
+    once each, and the final answer is the last result."""
+    body, sep, final = text.rpartition("####")
+    if not sep or not body.endswith(";"):
+        return False
+    acc, used = None, []
+    for step in body[:-1].split(";"):
+        m = re.fullmatch(r"(-?\d+)([+-])(-?\d+)=(-?\d+)", step)
+        if not m or m[2] != problem.op:
+            return False
+        a, b, c = int(m[1]), int(m[3]), int(m[4])
+        if acc is None:
+            used.append(a)
+        elif a != acc:
+            return False
+        used.append(b)
+        if c != (a + b if problem.op == "+" else a - b):
+            return False
+        acc = c
+    return sorted(used) == sorted(problem.operands) and final.strip() == str(acc)
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+text_with_specials = st.lists(st.one_of(st.text(), st.sampled_from([EOT, PAD]))).map("".join)
+
+
+@FAST
+@given(text_with_specials)
+def test_tokenizer_round_trips_any_text_and_encodes_special_strings_as_plain_bytes(text):
+    ids = TOK.encode(text)
+    assert TOK.decode(ids) == text
+    assert ids == list(text.encode("utf-8"))  # one token per byte, never a special id
+
+
+def test_special_ids_decode_to_their_strings_and_vocab_is_258():
+    assert (TOK.eos_id, TOK.pad_id, TOK.vocab_size) == (256, 257, 258)
+    assert TOK.decode([TOK.eos_id]) == EOT
+    assert TOK.decode([TOK.pad_id]) == PAD
+    assert TOK.decode(TOK.encode("a") + [256, 257] + TOK.encode("b")) == "a" + EOT + PAD + "b"
+
+
+@FAST
+@given(text_with_specials, text_with_specials)
+def test_decode_response_stops_at_first_eos(head, tail):
+    ids = TOK.encode(head) + [TOK.eos_id] + TOK.encode(tail) + [TOK.eos_id, TOK.pad_id]
+    assert TOK.decode_response(ids) == head
+    assert TOK.decode_response(TOK.encode(head)) == head  # no eos: everything
+
+
+def test_unknown_tokenizer_name_raises_value_error_naming_it():
+    with pytest.raises(ValueError, match="no-such-encoding"):
+        Tokenizer("no-such-encoding")
+
+
+def test_tiktoken_encoding_that_cannot_load_offline_raises_runtime_error(monkeypatch):
+    def offline(name):
+        raise ConnectionError(f"cannot reach the server for {name}")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    with pytest.raises(RuntimeError, match=r"'gpt2' could not be loaded.*offline") as err:
+        Tokenizer("gpt2")
+    assert isinstance(err.value.__cause__, ConnectionError)
+
+
+# ----------------------------------------------------------------------------- verifier
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_every_expert_solution_verifies(split):
+    for p in make_split(split, 200, seed=1):
+        assert verify(p.expert, p.answer) == 1.0, p
+        assert verify_trace(p.expert, p) == 1.0, p
+        assert trace_is_right(p.expert, p), p
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_teachers_verify_exactly_when_their_trace_is_right(split):
+    rng = random.Random(2)
+    for p in make_split(split, 150, seed=2):
+        for t in teacher_solutions(p, 6, rng, error_rate=0.25):
+            right = trace_is_right(t, p)
+            assert verify(t, p.answer) == float(right), (p.prompt, t)
+            assert verify_trace(t, p) == float(right), (p.prompt, t)
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_teachers_without_errors_are_right_permutations_and_with_errors_all_wrong(split):
+    rng = random.Random(3)
+    for p in make_split(split, 100, seed=3):
+        for t in teacher_solutions(p, 5, rng, error_rate=0.0):
+            assert verify(t, p.answer) == 1.0 and verify_trace(t, p) == 1.0, (p.prompt, t)
+            assert sorted(solution_order(t)) == sorted(p.operands)
+            if p.op == "-":  # only the subtrahends may move
+                assert solution_order(t)[0] == p.operands[0]
+        for t in teacher_solutions(p, 5, rng, error_rate=1.0):
+            assert verify(t, p.answer) == 0.0 and verify_trace(t, p) == 0.0, (p.prompt, t)
+
+
+def test_observed_teacher_error_rate_matches_error_rate():
+    rng = random.Random(4)
+    problems = make_split("train", 500, seed=4)
+    scores = [verify(t, p.answer) for p in problems for t in teacher_solutions(p, 8, rng, 0.25)]
+    wrong = 1 - sum(scores) / len(scores)  # 4000 samples: standard error 0.007
+    assert abs(wrong - 0.25) < 0.03, wrong
+
+
+def test_teacher_solutions_of_real_data_sample_fixed_teachers_without_replacement():
+    p = Problem(prompt="q", answer="1", expert="#### 1", teachers=("a", "b", "c"))
+    rng = random.Random(0)
+    two = teacher_solutions(p, 2, rng)
+    assert len(two) == 2 and len(set(two)) == 2 and set(two) <= {"a", "b", "c"}
+    assert sorted(teacher_solutions(p, 5, rng)) == ["a", "b", "c"]  # fewer if the record has fewer
+    with pytest.raises(ValueError, match="n"):
+        teacher_solutions(p, -1, rng)
+
+
+@FAST
+@given(st.integers(0, 10**6), st.integers(1, 10**6))
+def test_corrupted_final_answer_verifies_to_zero(seed, shift):
+    p = make_split("train", 1, seed=seed % 50)[0]
+    body, _, final = p.expert.rpartition("#### ")
+    wrong = body + "#### " + str(int(final) + shift)
+    assert verify(wrong, p.answer) == 0.0
+    assert verify_trace(wrong, p) == 0.0
+
+
+def test_verifier_reads_the_last_answer_with_commas_and_dollar_signs():
+    assert verify("#### 1,234", "1234") == 1.0
+    assert verify("so #### $ 72", "72") == 1.0
+    assert verify("#### 5 then #### 6", "6") == 1.0 and verify("#### 5 then #### 6", "5") == 0.0
+    assert verify("#### 0.50", "0.5") == 1.0
+    assert verify("72", "72") == 0.0  # no '####': no answer
+
+
+anything = st.one_of(st.none(), st.integers(), st.floats(), st.text(), st.binary(),
+                     st.lists(st.text(max_size=3), max_size=3),
+                     st.text(alphabet="#$-,.0123456789 ;+=").map(lambda s: s + "####" + s))
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(anything, anything)
+def test_verify_never_raises_and_returns_zero_or_one(completion, answer):
+    assert verify(completion, answer) in (0.0, 1.0)
+
+
+@FAST
+@given(anything)
+def test_verify_trace_never_raises_and_returns_zero_or_one(completion):
+    assert verify_trace(completion, make_problem([23, 45, 12, 67])) in (0.0, 1.0)
+
+
+def test_verify_trace_rejects_right_answer_from_wrong_trace_that_verify_accepts():
+    p = make_problem([23, 45, 12, 67])  # answer 147
+    cases = [
+        "23+46=69;69+11=80;80+67=147;#### 147",  # 45 miscopied as 46, compensated by 12 -> 11
+        "23+45=68;68+12=81;81+67=147;#### 147",  # a step off by +1 and another off by -1
+        "23+45=68;68+79=147;#### 147",  # two operands merged into one step
+        "23+45=68;68+12=80;80+67=147;147+0=147;#### 147",  # an extra operand
+        "23+45=68;70+10=80;80+67=147;#### 147",  # a step that does not continue the chain
+        "23+45=68;69+12=81;80+67=147;#### 147",  # the chain broken twice, every operand used once
+        "67+80=147;#### 147",  # skipped work
+    ]
+    for text in cases:
+        assert verify(text, p.answer) == 1.0, text
+        assert verify_trace(text, p) == 0.0, text
+    with pytest.raises(ValueError, match="synthetic"):
+        verify_trace(p.expert, Problem(prompt="q", answer="1", expert="#### 1"))
+
+
+# ----------------------------------------------------------------------------- task and splits
+
+def test_typical_problems_have_several_distinct_correct_teacher_paths():
+    rng = random.Random(5)
+    problems = make_split("train", 200, seed=5)
+    many = 0
+    for p in problems:
+        right = [t for t in teacher_solutions(p, 8, rng) if verify_trace(t, p) == 1.0]
+        many += len({solution_order(t) for t in right}) >= 2
+    assert many >= 0.95 * len(problems), many
+
+
+def test_splits_are_disjoint():
+    prompts = {s: {p.prompt for p in make_split(s, 300, seed=0)} for s in SPLITS}
+    for i, a in enumerate(SPLITS):
+        assert len(prompts[a]) == 300  # distinct within a split
+        for b in SPLITS[i + 1:]:
+            assert not prompts[a] & prompts[b], (a, b)
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_splits_are_reproducible_from_seed(split):
+    assert make_split(split, 50, seed=7) == make_split(split, 50, seed=7)
+    assert [p.prompt for p in make_split(split, 50, seed=7)] != [p.prompt for p in make_split(split, 50, seed=8)]
+
+
+@pytest.mark.parametrize("cfg", [TaskConfig(), TaskConfig(digits=3, train_ops=3, ood_ops=6)])
+def test_make_split_has_documented_operand_counts_and_ops(cfg):
+    lo, hi = 10 ** (cfg.digits - 1), 10 ** cfg.digits - 1
+    want = {"train": {(cfg.train_ops, "+")}, "val": {(cfg.train_ops, "+")},
+            "test": {(cfg.train_ops, "+")}, "ood": {(cfg.ood_ops, "+")}, "probe": {(2, "-")},
+            "base": {(k, "+") for k in cfg.base_mix} | {(2, "-")}}
+    for split in SPLITS:
+        problems = make_split(split, 300, seed=0, cfg=cfg)
+        kinds = collections.Counter((len(p.operands), p.op) for p in problems)
+        assert set(kinds) <= want[split], (split, kinds)
+        for p in problems:
+            assert all(lo <= x <= hi for x in p.operands), p
+            assert p.prompt == "Q:" + p.op.join(map(str, p.operands)) + "="
+            if p.op == "-":
+                assert p.operands[0] >= p.operands[1]  # never a negative answer
+        if split == "base":  # every family of the pretraining mix is present
+            assert set(kinds) == want["base"], kinds
+            probe_share = kinds[(2, "-")] / len(problems)
+            assert abs(probe_share - cfg.probe_share) < 0.06, probe_share
+
+
+def test_invalid_split_and_task_settings_raise_naming_them():
+    with pytest.raises(ValueError, match="'nope'"):
+        make_split("nope", 3)
+    with pytest.raises(ValueError, match=">= 1"):
+        make_split("train", 0)
+    with pytest.raises(ValueError, match="train_ops"):
+        TaskConfig(train_ops=1)
+    with pytest.raises(ValueError, match="teacher_error"):
+        TaskConfig(teacher_error=1.5)
+    with pytest.raises(ValueError, match="fewer than"):
+        make_split("probe", 500, cfg=TaskConfig(digits=1))  # only 45 such problems exist
+
+
+# ----------------------------------------------------------------------------- JSONL
+
+def test_shipped_example_jsonl_loads_and_experts_verify():
+    problems = load_jsonl(os.path.join(DATA_DIR, "example.jsonl"), TOK, 128)
+    assert len(problems) == 50
+    for p in problems:
+        assert verify(p.expert, p.answer) == 1.0 and len(p.teachers) == 3
+
+
+def test_gsm8k_sample_loads_and_every_solution_verifies(capsys):
+    problems = load_jsonl(os.path.join(DATA_DIR, "gsm8k_sample.jsonl"))
+    assert len(problems) == 200
+    assert capsys.readouterr().out == ""  # no expert fails the verifier
+    for p in problems:
+        assert verify(p.expert, p.answer) == 1.0, p.prompt
+        assert len(p.teachers) >= 1
+        for t in p.teachers:
+            assert verify(t, p.answer) == 1.0, p.prompt
+        assert teacher_solutions(p, 4, random.Random(0)) == list(p.teachers)
+
+
+GOOD = {"prompt": "Q:1+2=", "answer": "3", "expert": "1+2=3;#### 3", "teachers": ["2+1=3;#### 3"]}
+
+
+DROP = object()  # line(expert=DROP): a record without that field
+
+
+def line(**changes):
+    rec = dict(GOOD, **changes)
+    for k in [k for k, v in rec.items() if v is DROP]:
+        del rec[k]
+    return json.dumps(rec).encode()
+
+
+BAD_FILES = {  # name: (file bytes, bad line number, words the message must contain)
+    "empty": (b"", None, "empty"),
+    "whitespace only": (b"\n  \n", None, "empty"),
+    "malformed json": (line() + b"\n" + b'{"prompt": "Q:1+2=", ' + b"\n", 2, "malformed JSON"),
+    "blank line in the middle": (line() + b"\n\n" + line() + b"\n", 2, "blank line"),
+    "not an object": (line() + b"\n[1, 2]\n", 2, "JSON object"),
+    "missing field": (line() + b"\n" + line(expert=DROP) + b"\n", 2, "missing field 'expert'"),
+    "wrong type": (line(answer=3) + b"\n", 1, "'answer' must be str"),
+    "teachers not a list": (line(teachers="2+1=3;#### 3") + b"\n", 1, "'teachers' must be list"),
+    "teachers not strings": (line() + b"\n" + line(teachers=["ok", 7]) + b"\n", 2, "list of strings"),
+    "empty prompt": (line(prompt="") + b"\n", 1, "non-empty"),
+    "not utf-8": (line() + b"\n" + line()[:-2] + b'\xff"}' + b"\n", 2, "UTF-8"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_FILES)
+def test_bad_jsonl_raises_naming_file_and_line(tmp_path, name):
+    raw, lineno, words = BAD_FILES[name]
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(raw)
+    where = f"{path}:{lineno}" if lineno else str(path)
+    with pytest.raises(ValueError, match=re.escape(where) + ".*" + re.escape(words)):
+        load_jsonl(str(path))
+
+
+def test_missing_jsonl_raises_file_not_found_naming_it(tmp_path):
+    path = tmp_path / "nowhere.jsonl"
+    with pytest.raises(FileNotFoundError, match=re.escape(str(path))):
+        load_jsonl(str(path))
+
+
+def test_jsonl_record_longer_than_block_size_raises_instead_of_truncating(tmp_path):
+    path = tmp_path / "long.jsonl"
+    long_expert = "1+2=3;" * 10 + "#### 3"
+    path.write_bytes(line() + b"\n" + line(expert=long_expert) + b"\n")
+    n = len(TOK.encode(GOOD["prompt"])) + len(TOK.encode(long_expert)) + 1  # + end token
+    with pytest.raises(ValueError, match=re.escape(f"{path}:2") + f".*{n} tokens.*block_size {n - 1}"):
+        load_jsonl(str(path), TOK, block_size=n - 1)
+    assert len(load_jsonl(str(path), TOK, block_size=n)) == 2  # exactly fits: kept
+    assert len(load_jsonl(str(path))) == 2  # no tokenizer: no length check
+
+
+def test_jsonl_expert_failing_verifier_is_reported_with_its_line_and_kept(tmp_path, capsys):
+    path = tmp_path / "wrong.jsonl"
+    path.write_bytes(line() + b"\n" + line(expert="1+2=4;#### 4") + b"\n" + line())  # no final newline
+    problems = load_jsonl(str(path))
+    assert len(problems) == 3 and problems[1].expert == "1+2=4;#### 4"
+    out = capsys.readouterr().out
+    assert str(path) in out and "1 of 3" in out and "lines [2]" in out
+
+
+def test_write_jsonl_then_load_jsonl_round_trips(tmp_path):
+    path = tmp_path / "rt.jsonl"
+    problems = make_split("train", 30, seed=9)
+    write_jsonl(str(path), problems, n_teacher=4, seed=9)
+    loaded = load_jsonl(str(path), TOK, 128)
+    assert [(p.prompt, p.answer, p.expert) for p in loaded] == [(p.prompt, p.answer, p.expert) for p in problems]
+    assert all(len(p.teachers) == 4 for p in loaded)
+    write_jsonl(str(tmp_path / "again.jsonl"), problems, n_teacher=4, seed=9)
+    assert (tmp_path / "again.jsonl").read_bytes() == path.read_bytes()  # same seed, same file
