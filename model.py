@@ -72,11 +72,13 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
 
-    def forward(self, x, attn_mask=None, cache=None, layer=0):
+    def forward(self, x, attn_mask=None, cache=None, layer=0, rot=None):
         # x (B, T, C); attn_mask None (plain causal) or bool (B, 1, T, S), True = may attend
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if rot is not None:
+            q, k = rotate(q, *rot), rotate(k, *rot)
         if cache is not None:
             k, v = cache.append(layer, k, v)  # (B, nh, S, hs), S = cached + T
         dropout = self.dropout if self.training else 0.0
@@ -86,6 +88,20 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
+
+
+def rotary(pos, hs, base=10000.0):
+    """pos (B or 1, T) -> cos, sin (B or 1, 1, T, hs/2) for rotary embeddings (Su et al. 2021)."""
+    inv = base ** (-torch.arange(0, hs, 2, device=pos.device, dtype=torch.float32) / hs)  # (hs/2,)
+    ang = pos.float().unsqueeze(-1) * inv  # (B, T, hs/2)
+    return ang.cos().unsqueeze(1), ang.sin().unsqueeze(1)
+
+
+def rotate(x, cos, sin):
+    """Rotate pairs (x1, x2) of the head dimension of x (B, nh, T, hs) by the position angles."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    y = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return y.flatten(-2).type_as(x)
 
 
 class MLP(nn.Module):
@@ -107,8 +123,8 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, attn_mask=None, cache=None, layer=0):
-        x = x + self.attn(self.ln_1(x), attn_mask, cache, layer)
+    def forward(self, x, attn_mask=None, cache=None, layer=0, rot=None):
+        x = x + self.attn(self.ln_1(x), attn_mask, cache, layer, rot)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -121,6 +137,7 @@ class GPTConfig:
     n_embd: int = 128
     dropout: float = 0.0  # tiny models on generated data do not overfit in minutes
     bias: bool = False  # nanoGPT: slightly better and faster without
+    rope: bool = False  # rotary position embeddings instead of learned absolute ones
 
     def __post_init__(self):
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -144,7 +161,7 @@ class GPT(nn.Module):
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd) if not config.rope else nn.Identity(),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=LayerNorm(config.n_embd, bias=config.bias),
@@ -168,7 +185,7 @@ class GPT(nn.Module):
         """Parameter count; by default without the position and (tied) token embeddings."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n -= self.transformer.wpe.weight.numel() + self.transformer.wte.weight.numel()
+            n -= self.transformer.wte.weight.numel() + sum(p.numel() for p in self.transformer.wpe.parameters())
         return n
 
     def forward(self, idx, targets=None, pad_mask=None):
@@ -193,9 +210,14 @@ class GPT(nn.Module):
             pos = torch.arange(T, device=idx.device).unsqueeze(0)  # (1, T)
         if int(pos.max()) >= self.config.block_size:
             raise ValueError(f"sequence reaches position {int(pos.max())} but block_size is {self.config.block_size}")
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        rot = None
+        if self.config.rope:
+            x = self.transformer.drop(self.transformer.wte(idx))
+            rot = rotary(pos, self.config.n_embd // self.config.n_head)
+        else:
+            x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for i, block in enumerate(self.transformer.h):
-            x = block(x, attn_mask, cache, i)
+            x = block(x, attn_mask, cache, i, rot)
         return self.lm_head(self.transformer.ln_f(x))
 
     @staticmethod

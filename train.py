@@ -13,6 +13,12 @@ number is the whole data position and RNG state: a resumed run replays exactly t
 uninterrupted run would have taken (bitwise on CPU). Checkpoints are written atomically.
 Several processes: `torchrun --nproc_per_node N train.py MODE ...` (DDP, gloo on CPU, nccl on GPU);
 each rank takes a slice of every step's prompts and the loss is normalised by the global count.
+
+Test-only fault injection (tests/test_reliability.py; never set it otherwise): the environment
+variable GFT_FAULT=WHAT:N fails the run on purpose at step N, counted from 1 as the progress
+lines count. WHAT is kill_in_step (SIGKILL after the backward, before the optimizer step),
+kill_in_ckpt (SIGKILL while writing the checkpoint of step N: its .tmp file half written, the
+rename not done) or nan_loss (the loss of step N multiplied by NaN).
 """
 import argparse
 import contextlib
@@ -23,7 +29,9 @@ import json
 import math
 import os
 import random
+import signal
 import time
+import zipfile
 from dataclasses import dataclass, field
 
 import torch
@@ -61,6 +69,7 @@ class Config:
     n_embd: int = opt(128, "width; 4x4x128 trains at ~15k tok/s on 2 CPU cores", lo=8, hi=8192)
     block_size: int = opt(128, "longest prompt + response in tokens; the task needs < 80", lo=16, hi=8192)
     dropout: float = opt(0.0, "dropout; generated data never repeats, so none", lo=0.0, hi=0.9)
+    rope: bool = opt(False, "rotary position embeddings instead of learned ones (an option; default off)")
     # data
     data: str = opt("", "JSONL file of real problems (prompt/answer/expert/teachers); default: built-in task")
     tokenizer: str = opt("bytes", "bytes (built in, offline) or a named tiktoken encoding")
@@ -70,7 +79,7 @@ class Config:
     steps: int = opt(0, "optimiser steps; 0 = the mode's default (MODE_DEFAULTS)", lo=0)
     batch_size: int = opt(32, "sequences per step for pretrain / sft / dft", lo=1)
     lr: float = opt(0.0, "peak learning rate; 0 = the mode's default (MODE_DEFAULTS)", lo=0.0, hi=1.0)
-    warmup: int = opt(20, "linear warm-up steps, then cosine decay to lr * min_lr_ratio", lo=0)
+    warmup: int = opt(-1, "linear warm-up steps, then cosine decay to lr * min_lr_ratio; -1 = mode default", lo=-1)
     min_lr_ratio: float = opt(0.1, "final lr / peak lr", lo=0.0, hi=1.0)
     weight_decay: float = opt(0.0, "AdamW decay of matrices (fine-tuning default 0: stay near the base)", lo=0.0, hi=1.0)
     grad_clip: float = opt(1.0, "clip the global grad norm to this (0 = off)", lo=0.0)
@@ -98,7 +107,7 @@ class Config:
 
 
 MODE_DEFAULTS = {  # steps and lr per mode; --steps / --lr override
-    "pretrain": dict(steps=1500, lr=2e-3),  # from scratch: large lr, most of the demo's time
+    "pretrain": dict(steps=1500, lr=2e-3, warmup=100),  # from scratch: large lr, most of the demo's time
     "sft": dict(steps=150, lr=3e-4),
     "dft": dict(steps=150, lr=3e-4),
     "gft": dict(steps=150, lr=3e-4),
@@ -111,7 +120,8 @@ RUN_KEYS_IGNORED_ON_RESUME = {"resume", "override", "device", "compile", "log_ev
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)  # --ta 0.5 is an unknown setting, not --tau
     p.add_argument("mode", nargs="?", default="demo", choices=MODES, help="what to do (default: demo)")
     for f in dataclasses.fields(Config):
         if f.name == "mode":
@@ -150,6 +160,7 @@ def check_config(cfg):
     d = MODE_DEFAULTS[cfg.mode]
     cfg.steps = cfg.steps or d["steps"]
     cfg.lr = cfg.lr or d["lr"]
+    cfg.warmup = d.get("warmup", 20) if cfg.warmup == -1 else cfg.warmup
     if cfg.mode not in ("eval", "demo") and cfg.steps < 1:
         raise ValueError(f"--steps must be >= 1 for mode {cfg.mode}")
     if cfg.n_rollout == -1:
@@ -179,12 +190,24 @@ def state_hash(state_dict):
     return h.hexdigest()[:16]
 
 
+def fault(what, step, tmp=None):
+    """Test-only fault injection (module docstring): act when GFT_FAULT is WHAT:STEP."""
+    if os.environ.get("GFT_FAULT") != f"{what}:{step}":
+        return False
+    if tmp:  # kill_in_ckpt: the kill finds the temporary file half written
+        os.truncate(tmp, os.path.getsize(tmp) // 2)
+    if what.startswith("kill"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return True
+
+
 def save_checkpoint(path, **obj):
     """Atomic: write a temporary file, then rename over the old one, so a kill at any moment
     leaves either the previous complete checkpoint or the new complete one."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".tmp"
     torch.save(obj, tmp)
+    fault("kill_in_ckpt", obj.get("step"), tmp)
     os.replace(tmp, path)
 
 
@@ -192,6 +215,10 @@ def load_checkpoint(path):
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path}: no such file")
     try:
+        with zipfile.ZipFile(path) as z:  # torch.load skips the zip's CRC32s: without this check
+            bad = z.testzip()             # a flipped byte in a weight loads silently
+        if bad is not None:
+            raise ValueError(f"CRC mismatch in {bad}")
         ck = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # torch raises several types for a truncated or corrupted zip
         raise ValueError(f"checkpoint {path} is truncated or corrupted ({type(e).__name__}: {e})") from None
@@ -528,7 +555,7 @@ def run(cfg):
             base = model_from_checkpoint({"model": base_info["state"], "model_config": init["model_config"]})
     else:
         model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=tok.vocab_size, n_layer=cfg.n_layer,
-                              n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout))
+                              n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, rope=cfg.rope))
     model.to(device)
     if base is not None:
         base.to(device).eval().requires_grad_(False)
@@ -593,18 +620,21 @@ def run(cfg):
         for g in optim.param_groups:
             g["lr"] = lr_at(step, cfg)
         loss, m = train_step(model, logprob_fn, tok, cfg, step, splits["train"], ref_model, rank, world)
+        if fault("nan_loss", step + 1):
+            loss = loss * math.nan
         optim.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        fault("kill_in_step", step + 1)
         bad = [name for name, v in (("loss", loss.item()), ("grad norm", gnorm.item())) if not math.isfinite(v)]
         if bad:
             if not cfg.skip_nonfinite:
-                raise FloatingPointError(f"step {step}: non-finite {' and '.join(bad)}; stopping. The last "
+                raise FloatingPointError(f"step {step + 1}: non-finite {' and '.join(bad)}; stopping. The last "
                                          f"checkpoint {ckpt_path} is intact (pass --skip_nonfinite true to skip such steps)")
             skipped += 1
             optim.zero_grad(set_to_none=True)
             if master:
-                print(f"step {step}: non-finite {' and '.join(bad)}, skipped ({skipped} so far)")
+                print(f"step {step + 1}: non-finite {' and '.join(bad)}, skipped ({skipped} so far)")
         else:
             optim.step()
         tok_count += m["tokens"] * world
@@ -638,14 +668,18 @@ def run(cfg):
 
 
 def _trim_metrics(path, step):
-    """On resume, drop log lines written after the checkpoint's step (they will be replayed)."""
+    """On resume, drop log lines written after the checkpoint's step (they will be replayed);
+    at step 0 (no checkpoint yet) drop them all, so the config line is written once."""
     if not os.path.exists(path):
         return
     with open(path) as f:
         lines = [l for l in f if l.strip()]
-    keep = [l for l in lines if json.loads(l).get("step", 0) <= step and "final" not in json.loads(l)]
-    with open(path, "w") as f:
+    if lines and not lines[-1].endswith("\n"):  # torn by a crash in mid-write: never complete
+        lines.pop()
+    keep = [l for l in lines if json.loads(l).get("step", 0) <= step and "final" not in json.loads(l)] if step else []
+    with open(path + ".tmp", "w") as f:
         f.writelines(keep)
+    os.replace(path + ".tmp", path)  # atomic, as checkpoints: a kill here loses no line
 
 
 # ----------------------------------------------------------------------------- demo

@@ -364,3 +364,18 @@ def test_pick_device_auto_is_cuda_when_present_else_cpu():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="cuda"):
             pick_device("cuda")
+
+
+def test_rope_model_kv_cache_equals_recompute_and_padding_invariance():
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, rope=True)).eval()
+    with torch.no_grad():
+        m.lm_head.weight.mul_(30)  # separate the logits so greedy has no near-ties
+    idx = torch.randint(0, 256, (3, 10))
+    mask = torch.ones(3, 10, dtype=torch.bool)
+    mask[0, :3], mask[1, :1] = False, False
+    a = m.generate(idx, 12, temperature=0, pad_mask=mask)
+    b = m.generate(idx, 12, temperature=0, pad_mask=mask, use_cache=False)
+    alone = m.generate(idx[0:1, 3:], 12, temperature=0)
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(alone.tokens[0], a.tokens[0])
+    assert "wpe" not in dict(m.named_parameters())  # no learned positions to train or sync

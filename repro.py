@@ -1,0 +1,283 @@
+"""Reproduce the paper's claims in miniature: every row, several seeds, one command.
+
+    python repro.py            # full: 3 seeds, about an hour on 2 CPU cores
+    python repro.py --quick    # 1 seed, shorter runs, same rows (about 15 minutes)
+
+One base model (pretrained once, seed 0) is shared by every method. Every fine-tuning run
+gets the same budget: STEPS optimiser steps of the same number of trained sequences
+(P prompts x K = 8 responses for group methods; P x 8 expert demonstrations for SFT and
+DFT), the same learning rate, the same prompt pool and the same evaluation. Runs are plain
+`python train.py ...` subprocesses, JOBS at a time with one thread each (on 2 cores two
+one-thread processes train ~1.7x faster than one two-thread process). Writes to --out:
+    results.md      the tables (mean and spread over seeds; spread = min..max)
+    runs.jsonl      one line per run: its row, seed, command, wall time and final metrics
+    curves.jsonl    the logged training curves of the seed-0 runs
+    *.png           figures, if matplotlib is installed (optional; the table never needs it)
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# --------------------------------------------------------------------------- the recipe
+# Fixed once for every method, before comparing them (README "Results" says why).
+P = 16            # prompts per step; K = 8 responses each (paper: 1 expert + 3 teacher + 4 rollouts)
+LR = 3e-4         # shared by every method (no per-method tuning)
+EVAL = ["--eval_n", "200", "--passk_problems", "64", "--passk_n", "16", "--kl_n", "64"]
+
+
+def rows(steps, n_prompts):
+    """name -> (init row or 'base', train.py arguments). Init rows run first."""
+    common = ["--steps", str(steps), "--lr", str(LR), "--n_prompts", str(n_prompts), "--log_every", "10",
+              "--eval_every", str(max(10, steps // 5)), "--ckpt_every", str(steps)]
+    sft = ["sft", "--batch_size", str(8 * P)]
+    group = ["--prompts_per_step", str(P)]
+    gft = ["gft", *group, "--n_expert", "1", "--n_teacher", "3", "--n_rollout", "4", "--tau", "0.7"]
+    grpo = ["grpo", *group, "--n_rollout", "8"]
+    def with_(args, **kv):  # replace flag values in a copy of args
+        args = list(args)
+        for k, v in kv.items():
+            args[args.index(f"--{k}") + 1] = str(v)
+        return args
+    r = {
+        # Table 1
+        "SFT (10x prompts)": ("base", [*sft, *common] + ["--n_prompts", str(10 * n_prompts)]),
+        "SFT": ("base", [*sft, *common]),
+        "DFT": ("base", ["dft", "--batch_size", str(8 * P), *common]),
+        "GFT": ("base", [*gft, *common]),
+        "GFT (no mix)": ("base", [*with_(gft, n_teacher=0, n_rollout=7), *common]),
+        "GRPO": ("base", [*grpo, *common]),
+        # Table 2 / Fig. 3 ablations
+        "GFT w/o GAL": ("base", ["gft", "--prompts_per_step", str(8 * P), "--n_expert", "1", "--n_teacher", "0",
+                                 "--n_rollout", "0", "--tau", "0.7", *common]),  # groups of one expert: A = 1
+        "GFT w/o DCR": ("base", [*with_(gft, tau=0.0), *common]),
+        # Fig. 4 pipelines (same GRPO budget after each)
+        "SFT -> GRPO": ("SFT", [*grpo, *common]),
+        "GFT -> GRPO": ("GFT", [*grpo, *common]),
+        "SFT -> GFT": ("SFT", [*gft, *common]),
+        "SFT -> GFT -> GRPO": ("SFT -> GFT", [*grpo, *common]),
+    }
+    # Fig. 6 sweeps (one seed): tau, and demonstrations : samples
+    for tau in (0.1, 0.3, 0.5, 1.0):
+        r[f"tau {tau}"] = ("base", [*with_(gft, tau=tau), *common])
+    for demos, samples in ((2, 6), (6, 2)):  # 1:7 is "GFT (no mix)", 4:4 is "GFT"
+        r[f"demos:samples {demos}:{samples}"] = ("base", [*with_(gft, n_teacher=demos - 1, n_rollout=samples), *common])
+    return r
+
+
+SWEEP_ONLY = lambda name: name.startswith(("tau ", "demos:samples"))
+TABLES = {
+    "Table 1: methods (paper Table 1)": ["base", "SFT (10x prompts)", "SFT", "DFT", "GFT", "GFT (no mix)", "GRPO"],
+    "Table 2: ablations (paper Table 2 / Fig. 3)": ["GFT", "GFT w/o GAL", "GFT w/o DCR"],
+    "Fig. 4: pipelines, same GRPO budget after each": ["GRPO", "SFT -> GRPO", "GFT -> GRPO", "SFT -> GFT", "SFT -> GFT -> GRPO"],
+    "Fig. 6: tau sweep (seed 0)": ["GFT w/o DCR", "tau 0.1", "tau 0.3", "tau 0.5", "GFT", "tau 1.0"],
+    "Fig. 6: demonstrations : samples (seed 0)": ["GFT (no mix)", "demos:samples 2:6", "GFT", "demos:samples 6:2"],
+}
+COLS = ["acc_test", "acc_ood", "acc_probe", "pass@1", "pass@16", "pass@1_strict", "paths", "entropy", "kl_base"]
+
+
+def slug(name):
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()
+
+
+def launch(cmd, log, threads=1):
+    """Run one train.py command; return its wall time in seconds."""
+    t0 = time.time()
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    with open(log, "w") as f:
+        p = subprocess.run([sys.executable, os.path.join(HERE, "train.py"), *cmd], stdout=f, stderr=subprocess.STDOUT,
+                           env=env, cwd=HERE)
+    if p.returncode != 0:
+        raise RuntimeError(f"run failed ({p.returncode}): train.py {' '.join(cmd)}; see {log}")
+    return time.time() - t0
+
+
+def final_metrics(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        lines = [json.loads(l) for l in f]
+    finals = [l["final"] for l in lines if "final" in l]
+    if not finals:
+        raise RuntimeError(f"{out}/metrics.jsonl has no final evaluation")
+    return finals[-1], [l for l in lines if "step" in l and "final" not in l]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="1 seed, shorter runs, same rows (~15 min)")
+    ap.add_argument("--seeds", type=int, default=3, help="seeds for Table 1, Table 2 and Fig. 4 rows")
+    ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    ap.add_argument("--out", default="", help="output folder (default results/ or results/quick/)")
+    ap.add_argument("--base_steps", type=int, default=0, help="pretraining steps (0 = recipe default)")
+    ap.add_argument("--steps", type=int, default=0, help="fine-tuning steps per run (0 = recipe default)")
+    a = ap.parse_args()
+    seeds = 1 if a.quick else a.seeds
+    steps = a.steps or (40 if a.quick else 100)
+    base_steps = a.base_steps or BASE_STEPS
+    out = a.out or os.path.join(HERE, "results", "quick" if a.quick else "")
+    if a.jobs < 1 or seeds < 1 or steps < 1:
+        raise SystemExit("--jobs, --seeds and --steps must be >= 1")
+    os.makedirs(out, exist_ok=True)
+    runs_dir = os.path.join(out, "runs")
+    t_start = time.time()
+    print(f"repro: {'quick' if a.quick else 'full'}; {seeds} seed(s), {steps} steps per run, {a.jobs} jobs; "
+          f"writing {out}", flush=True)
+
+    # 1. the shared base model (reused if it is already trained)
+    base_dir = os.path.join(runs_dir, "base")
+    base_ckpt = os.path.join(base_dir, "ckpt.pt")
+    records = []
+    base_cmd = ["pretrain", "--out", base_dir, "--steps", str(base_steps), "--seed", "0", "--log_every", "100",
+                "--ckpt_every", "500", "--resume", "true", *EVAL]
+    t = launch(base_cmd, os.path.join(out, "base.log"), threads=os.cpu_count()) \
+        if not _finished(base_dir, base_steps) else 0.0
+    print(f"base: pretrained in {t:.0f}s ({base_steps} steps)", flush=True)
+    ev = os.path.join(runs_dir, "base_eval")
+    t = launch(["eval", "--init", base_ckpt, "--out", ev, "--seed", "0", *EVAL], os.path.join(out, "base_eval.log"))
+    records.append(dict(row="base", seed=0, wall_s=t, metrics=_eval_json(os.path.join(out, "base_eval.log"))))
+
+    # 2. every row, in waves: a row starts once the row it starts from has finished
+    recipe = rows(steps, P * steps)
+    done = {("base", s): base_ckpt for s in range(seeds)}
+    pending = [(name, s) for name in recipe for s in range(1 if SWEEP_ONLY(name) else seeds)]
+    while pending:
+        wave = [(n, s) for n, s in pending if (recipe[n][0], s) in done or recipe[n][0] == "base"]
+        pending = [x for x in pending if x not in wave]
+
+        def job(item):
+            name, seed = item
+            run_out = os.path.join(runs_dir, f"{slug(name)}_s{seed}")
+            cmd = [*recipe[name][1], "--init", done[(recipe[name][0], seed)], "--out", run_out,
+                   "--seed", str(seed), *EVAL]
+            t = launch(cmd, run_out + ".log")
+            fin, curve = final_metrics(run_out)
+            print(f"{name} (seed {seed}): {t:.0f}s | acc {fin['acc_test']:.3f} | ood {fin['acc_ood']:.3f} | "
+                  f"probe {fin['acc_probe']:.3f} | pass@16 {fin['pass@16']:.3f} | kl {fin['kl_base']:.4f}", flush=True)
+            return dict(row=name, seed=seed, wall_s=t, command="python train.py " + " ".join(cmd),
+                        metrics=fin, curve=curve), os.path.join(run_out, "ckpt.pt")
+
+        with ThreadPoolExecutor(a.jobs) as ex:
+            for (name, seed), (rec, ckpt) in zip(wave, ex.map(job, wave)):
+                records.append(rec)
+                done[(name, seed)] = ckpt
+        if not wave:
+            raise RuntimeError(f"rows whose init never finished: {pending}")
+
+    # 3. pass@k for k = 1..64 (Table 4): 64 samples per problem from the seed-0 checkpoints
+    passk = {}
+    for name in ("base", "SFT", "GRPO", "GFT"):
+        ck = base_ckpt if name == "base" else done[(name, 0)]
+        log = os.path.join(out, f"passk_{slug(name)}.log")
+        t = launch(["eval", "--init", ck, "--out", os.path.join(runs_dir, f"passk_{slug(name)}"), "--seed", "0",
+                    "--eval_n", "16", "--passk_problems", "64", "--passk_n", "64", "--kl_n", "8"], log)
+        passk[name] = {k: v for k, v in _eval_json(log).items() if k.startswith("pass@")}
+        print(f"pass@k {name}: {t:.0f}s", flush=True)
+
+    total = time.time() - t_start
+    with open(os.path.join(out, "runs.jsonl"), "w") as f:
+        for r in records:
+            f.write(json.dumps({k: v for k, v in r.items() if k != "curve"}) + "\n")
+    with open(os.path.join(out, "curves.jsonl"), "w") as f:
+        for r in records:
+            if r.get("curve") and r["seed"] == 0:
+                f.write(json.dumps({"row": r["row"], "curve": r["curve"]}) + "\n")
+    md = report(records, passk, seeds, steps, base_steps, total, a.quick)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(md)
+    print(md)
+    figures(records, passk, out)
+    print(f"repro finished in {total / 60:.1f} min; wrote {out}")
+
+
+BASE_STEPS = 4000  # fixed once: see README "Results" (the base must solve some, not most)
+
+
+def _finished(run_dir, steps):
+    p = os.path.join(run_dir, "ckpt.pt")
+    if not os.path.exists(p):
+        return False
+    import torch
+    return torch.load(p, map_location="cpu", weights_only=False)["step"] >= steps
+
+
+def _eval_json(log):
+    """train.py eval prints its metrics as one JSON object; read it back from the log."""
+    text = open(log).read()
+    return json.loads(text[text.index("{"):text.rindex("}") + 1])
+
+
+def report(records, passk, seeds, steps, base_steps, total, quick):
+    by = {}
+    for r in records:
+        by.setdefault(r["row"], []).append(r)
+    lines = [f"# Results: GFT in miniature ({'quick' if quick else 'full'} run)", "",
+             f"One base model ({base_steps} pretraining steps), then {steps} optimiser steps per run at lr {LR}, "
+             f"{P} prompts x 8 responses per step (SFT/DFT: {8 * P} demonstrations per step). "
+             f"Cells: mean over {seeds} seed(s), spread = min..max over seeds. Wall time: {total / 60:.1f} min.", ""]
+    for title, names in TABLES.items():
+        lines += [f"## {title}", "", "| row | " + " | ".join(COLS) + " | wall s |", "|---" * (len(COLS) + 2) + "|"]
+        for n in names:
+            rs = by.get(n, [])
+            if not rs:
+                continue
+            cells = []
+            for c in COLS:
+                vals = [r["metrics"][c] for r in rs if c in r["metrics"]]
+                if not vals:
+                    cells.append("-")
+                elif len(vals) == 1:
+                    cells.append(f"{vals[0]:.3f}")
+                else:
+                    cells.append(f"{statistics.mean(vals):.3f} ({min(vals):.3f}..{max(vals):.3f})")
+            wall = statistics.mean(r["wall_s"] for r in rs)
+            lines.append(f"| {n} | " + " | ".join(cells) + f" | {wall:.0f} |")
+        lines.append("")
+    ks = sorted({int(k.split("@")[1]) for v in passk.values() for k in v if k.count("@") == 1 and "strict" not in k})
+    lines += ["## Table 4: pass@k from 64 samples per problem (seed 0, 64 held-out problems)", "",
+              "| model | " + " | ".join(f"pass@{k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
+    for name, v in passk.items():
+        lines.append(f"| {name} | " + " | ".join(f"{v.get(f'pass@{k}', float('nan')):.3f}" for k in ks) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def figures(records, passk, out):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: figures skipped (the tables above are complete)")
+        return
+    curves = {r["row"]: r["curve"] for r in records if r["seed"] == 0 and r.get("curve")}
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
+    for ax, key, label in zip(axes, ["acc_test", "entropy", "grad_norm", "kl_base"],
+                              ["held-out greedy accuracy", "entropy of the batch", "grad norm", "KL(base || model)"]):
+        for row in ("SFT", "DFT", "GFT", "GFT w/o GAL", "GFT w/o DCR", "GRPO"):
+            pts = [(c["step"], c[key]) for c in curves.get(row, []) if key in c]
+            if pts:
+                ax.plot(*zip(*pts), label=row, marker="o" if key in ("acc_test", "kl_base") else None, ms=3)
+        ax.set_title(label)
+        ax.set_xlabel("step")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "curves.png"), dpi=90)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for name, v in passk.items():
+        ks = sorted(int(k.split("@")[1]) for k in v if "strict" not in k)
+        ax.plot(ks, [v[f"pass@{k}"] for k in ks], marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k")
+    ax.set_ylabel("pass@k (held-out)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "passk.png"), dpi=90)
+    print(f"figures: {out}/curves.png, {out}/passk.png")
+
+
+if __name__ == "__main__":
+    main()
