@@ -1,0 +1,422 @@
+"""Benchmark: training throughput and MFU, KV-cache generation, one GFT step against one GRPO step.
+
+    python bench.py                    # default config 4x4x128 and a larger 6x6x384 (~3 min, 2 CPU cores)
+    python bench.py --quick            # fewer repeats, default config only (~40 s)
+    python bench.py --device cuda --compile
+    python bench.py --init out/demo/base/ckpt.pt   # GFT/GRPO step with a trained model (rollouts stop at eos)
+
+Every figure is a median over --repeats timed runs after warm-up runs. Runs that are compared
+(cache vs recompute, GFT vs GRPO, 1 vs N threads) alternate, so drift in the machine's load
+hits both sides. On a shared machine read the ratios, not the absolute numbers.
+
+MFU = achieved model FLOP/s / peak FLOP/s; the peak is measured in the same run: median of
+large square matmuls (float32 on CPU, bfloat16 on GPU where the model runs under autocast).
+Model FLOPs per trained token (nanoGPT's estimate_mfu, after PaLM appendix B):
+    6 * N + 12 * n_layer * n_embd * T
+  N: parameters that take part in a matmul: every parameter but the position embeddings (the
+     token embedding is the lm_head, tied, counted once). 6 = 2 (multiply + add) x 3 (forward
+     and the two backward matmuls). Layer norms, GELU, softmax and AdamW are not counted.
+  12 * n_layer * n_embd * T: attention's two matmuls (q k^T and att v), 2 * T * n_embd each per
+     token per layer forward, x3 with backward; the whole T x T, as nanoGPT (the causal half
+     that is masked is not subtracted).
+Memory: on GPU torch.cuda.max_memory_allocated; on CPU the process's peak resident set size
+(VmHWM, reset before each measurement through /proc/self/clear_refs), which includes Python,
+torch and everything already allocated, so the delta over the resident size at the start of
+the measurement is printed beside it.
+"""
+import argparse
+import collections
+import copy
+import os
+import resource
+import statistics
+import time
+
+import torch
+
+import data as D
+import gft
+import train
+from model import GPT, GPTConfig, pick_device
+
+CONFIGS = {"default": dict(n_layer=4, n_head=4, n_embd=128), "larger": dict(n_layer=6, n_head=6, n_embd=384)}
+BATCH, BLOCK = 32, 128  # nanoGPT's reference shape for the training step
+GEN_BATCH, GEN_PROMPT, GEN_NEW = 16, 32, 64
+
+
+# ----------------------------------------------------------------------------- measuring
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device):
+    """Seconds one call of fn takes (GPU work included)."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def medians(fns, device, repeats, warmup):
+    """{name: median seconds} for several functions, their runs interleaved (A B A B ...)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = collections.defaultdict(list)
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(timed(fn, device))
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+class Memory:
+    """Peak memory of what runs inside `with Memory(device) as m:`; m.peak and m.delta in MB."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
+        else:
+            try:  # "5" resets the peak RSS to the current RSS (Linux >= 4.0)
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                pass  # then VmHWM is the lifetime peak; the delta may read 0
+            self.start = _proc_status("VmRSS")
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self.peak = _proc_status("VmHWM")
+        self.peak, self.delta = self.peak / 2**20, (self.peak - self.start) / 2**20
+
+    def __str__(self):
+        return f"{self.peak:.0f} MB (+{self.delta:.0f})"
+
+
+def _proc_status(key):
+    """Bytes of a /proc/self/status field; ru_maxrss where there is no /proc (macOS)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def memory_kind(device):
+    return "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak process RSS (VmHWM)"
+
+
+def matmul_peak(device, n, repeats):
+    """FLOP/s of an n x n matmul, median over repeats (bfloat16 on GPU, float32 on CPU)."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    t = medians({"mm": lambda: a @ b}, device, repeats, warmup=2)["mm"]
+    return 2 * n ** 3 / t
+
+
+def flops_per_token(model, T):
+    """6 N + 12 L C T (module docstring)."""
+    c = model.config
+    N = model.num_params(non_embedding=False) - model.transformer.wpe.weight.numel()
+    return 6 * N + 12 * c.n_layer * c.n_embd * T
+
+
+# ----------------------------------------------------------------------------- 1. training step
+
+def make_optimizer(model, lr=3e-4):
+    """As train.run: AdamW, decay only on matrices (weight decay 0 here, as fine-tuning)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.0}, {"params": no_decay, "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.95))
+
+
+def train_step_fn(model, device, loss_path, compile_):
+    """One optimiser step on a fixed (BATCH, BLOCK) batch of random tokens, as train.run does
+    it: zero_grad, forward, backward, clip the grad norm to 1, AdamW.
+
+    loss_path "lm": model(x, targets) cross-entropy over every position (nanoGPT's step).
+    loss_path "train.py": LogProbs (token_logprobs with entropy) + gft.sft_loss, the path every
+    train.py mode takes, on a batch whose last BLOCK - 16 tokens are the response.
+    """
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (BATCH, BLOCK + 1), generator=g).to(device)
+    resp = torch.zeros(BATCH, BLOCK + 1, dtype=torch.bool)
+    resp[:, 17:] = True  # a 16-token prompt, 112 response tokens
+    resp = resp.to(device)
+    optim = make_optimizer(model)
+    fwd = train.LogProbs(model) if loss_path == "train.py" else model
+    if compile_:
+        fwd = torch.compile(fwd)
+
+    def step():
+        optim.zero_grad(set_to_none=True)
+        with train.autocast(device):
+            if loss_path == "lm":
+                _, loss = fwd(x[:, :-1], x[:, 1:])
+            else:
+                lp, _ = fwd(x, resp)
+                loss = gft.sft_loss(lp, resp[:, 1:])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optim.step()
+    return step
+
+
+def bench_training(name, shape, device, args, peak, tok):
+    rows = []
+    for loss_path in ("lm", "train.py"):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(block_size=BLOCK, vocab_size=tok.vocab_size, **shape)).to(device).train()
+        step = train_step_fn(model, device, loss_path, args.compile)
+        repeats = args.repeats if name == "default" else max(3, args.repeats // 2)
+        with Memory(device) as mem:
+            t = medians({"step": step}, device, repeats, warmup=2)["step"]
+        tps = BATCH * BLOCK / t
+        mfu = tps * flops_per_token(model, BLOCK) / peak
+        rows.append((f"{name} {label(shape)}", f"{model.num_params(False) / 1e6:.2f}M", loss_path,
+                     f"{tps / 1e3:.1f}k", f"{1e3 * t:.0f}", f"{100 * mfu:.0f}%", str(mem)))
+    return rows
+
+
+def bench_threads(device, args, tok):
+    """CPU: the default config's training step (lm path) and the matmul peak at 1 thread and at
+    torch's default thread count, interleaved."""
+    default = torch.get_num_threads()
+    counts = sorted({1, default})
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=BLOCK, vocab_size=tok.vocab_size, **CONFIGS["default"])).to(device).train()
+    step = train_step_fn(model, device, "lm", False)
+    a, b = (torch.randn(2048, 2048) for _ in range(2))
+
+    def at(n, fn):
+        def run():
+            torch.set_num_threads(n)
+            fn()
+        return run
+    fns = {}
+    for n in counts:
+        fns[("step", n)] = at(n, step)
+        fns[("mm", n)] = at(n, lambda: a @ b)
+    t = medians(fns, device, args.repeats, warmup=2)
+    torch.set_num_threads(default)
+    out = []
+    for n in counts:
+        tps, pk = BATCH * BLOCK / t[("step", n)], 2 * 2048 ** 3 / t[("mm", n)]
+        out.append((n, tps, pk, tps * flops_per_token(model, BLOCK) / pk))
+    return out
+
+
+# ----------------------------------------------------------------------------- 2. generation
+
+def bench_generation(name, shape, device, args, tok):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=BLOCK, vocab_size=tok.vocab_size, **shape)).to(device).eval()
+    idx = torch.randint(0, 256, (GEN_BATCH, GEN_PROMPT), generator=torch.Generator().manual_seed(0)).to(device)
+
+    def gen(use_cache, new=GEN_NEW):
+        def run():
+            g = torch.Generator(device=device).manual_seed(0)
+            with train.autocast(device):
+                model.generate(idx, new, temperature=1.0, eos_id=None, generator=g, use_cache=use_cache)
+        return run
+    repeats = args.repeats if name == "default" else max(3, args.repeats // 2)
+    for use_cache in (True, False):  # warm-up, short
+        gen(use_cache, 8)()
+    with Memory(device) as mem:
+        t = medians({"cache": gen(True), "recompute": gen(False)}, device, repeats, warmup=0)
+    new_tokens = GEN_BATCH * GEN_NEW
+    return (f"{name} {label(shape)}", f"{new_tokens / t['cache']:.0f}", f"{new_tokens / t['recompute']:.0f}",
+            f"{t['recompute'] / t['cache']:.1f}x", str(mem))
+
+
+# ----------------------------------------------------------------------------- 3. GFT and GRPO steps
+
+class Phases:
+    """Wall seconds per phase. wrap(name, fn) returns fn timed on every call; phases may nest."""
+
+    def __init__(self, device):
+        self.device, self.s = device, collections.defaultdict(float)
+
+    def wrap(self, name, fn):
+        def timed_fn(*a, **k):
+            sync(self.device)
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            sync(self.device)
+            self.s[name] += time.perf_counter() - t0
+            return out
+        return timed_fn
+
+
+def rl_step_fn(mode, model, device, args, tok, pool):
+    """One step of train.py's gft or grpo mode, on the real code: train.train_step (build_groups
+    -> sample, teachers and verifier; flatten_groups; LogProbs; the loss; its metrics), then
+    backward, grad clip and AdamW as train.run. Returns run(step) -> (Phases, metrics), and
+    the train.py config."""
+    cfg = train.check_config(train.Config(mode=mode, init="(bench)", device=str(device), compile=args.compile,
+                                          max_new_tokens=GEN_NEW))
+    optim = make_optimizer(model, cfg.lr)
+    logprob_fn = train.LogProbs(model)
+    if args.compile:
+        logprob_fn = torch.compile(logprob_fn)
+    sample, build_groups = train.sample, train.build_groups
+
+    def run(step):
+        ph, lengths = Phases(device), []
+
+        def sample_counted(*a, **k):
+            responses, stopped = sample(*a, **k)
+            lengths.extend(len(r) for r in responses)
+            return responses, stopped
+        # train_step finds sample and build_groups as globals of train.py: time them in place
+        train.sample, train.build_groups = ph.wrap("rollouts", sample_counted), ph.wrap("groups", build_groups)
+        try:
+            loss, m = ph.wrap("step", train.train_step)(model, ph.wrap("logprobs", logprob_fn), tok, cfg, step,
+                                                      pool, None, 0, 1)
+        finally:
+            train.sample, train.build_groups = sample, build_groups
+        optim.zero_grad(set_to_none=True)
+        ph.wrap("backward", loss.backward)()
+
+        def update():
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optim.step()
+        ph.wrap("optimizer", update)()
+        m["rollout_len"] = statistics.mean(lengths)
+        return ph, m
+    return run, cfg
+
+
+def bench_rl(device, args, tok, init):
+    pool = D.make_split("train", 2000, seed=1337)
+    if init:
+        base = train.model_from_checkpoint(train.load_checkpoint(init), init)
+    else:
+        torch.manual_seed(0)
+        base = GPT(GPTConfig(block_size=BLOCK, vocab_size=tok.vocab_size, **CONFIGS["default"]))
+    steps = {mode: rl_step_fn(mode, copy.deepcopy(base).to(device).train(), device, args, tok, pool)
+             for mode in ("gft", "grpo")}
+    repeats = args.repeats
+    phases = {mode: collections.defaultdict(list) for mode in steps}
+    info = {mode: collections.defaultdict(list) for mode in steps}
+    mem = {}
+    for r in range(-1, repeats):  # r = -1: warm-up; both modes see the same prompts at every step
+        for mode, (run, _) in steps.items():
+            with Memory(device) as m_:
+                ph, m = run(r + 1)
+            if r < 0:
+                continue
+            mem[mode] = max(mem.get(mode, (0, 0)), (m_.peak, m_.delta))
+            s = ph.s
+            split = {"rollouts": s["rollouts"],
+                     "groups": s["groups"] - s["rollouts"],
+                     "forward": s["step"] - s["groups"],
+                     "backward": s["backward"],
+                     "optimizer": s["optimizer"]}
+            split["total"] = sum(split.values())
+            for k, v in split.items():
+                phases[mode][k].append(v)
+            info[mode]["frac_cut"].append(m["frac_cut"])
+            info[mode]["rollout_len"].append(m["rollout_len"])
+            info[mode]["rows"].append(m["tokens"])
+    return steps, phases, info, mem
+
+
+# ----------------------------------------------------------------------------- report
+
+def label(shape):
+    return f"{shape['n_layer']}x{shape['n_head']}x{shape['n_embd']}"
+
+
+def table(header, rows):
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    for row in (header, *rows):
+        print("  " + "  ".join(str(x).ljust(w) for x, w in zip(row, widths)))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:N")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per figure, median reported (>= 1)")
+    p.add_argument("--quick", action="store_true", help="3 repeats, default config only")
+    p.add_argument("--compile", action="store_true", help="torch.compile the trained forward (GPU)")
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads; 0 = torch's default")
+    p.add_argument("--init", default="", help="train.py checkpoint for the GFT/GRPO step (default: random init)")
+    args = p.parse_args(argv)
+    if args.repeats < 1:
+        raise SystemExit(f"--repeats must be >= 1, got {args.repeats}")
+    if args.quick:
+        args.repeats = min(args.repeats, 3)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    tok = D.Tokenizer()
+    configs = {k: v for k, v in CONFIGS.items() if not (args.quick and k != "default")}
+    t_start = time.time()
+    load = f", load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores" if hasattr(os, "getloadavg") else ""
+    print(f"bench.py | {device} | torch {torch.__version__} | {torch.get_num_threads()} threads | "
+          f"median of {args.repeats} after warm-up{load}")
+    peak = matmul_peak(device, 2048 if device.type == "cpu" else 8192, 2 * args.repeats + 1)
+    dt = "float32" if device.type == "cpu" else "bfloat16"
+    print(f"matmul peak ({dt}, {'2048' if device.type == 'cpu' else '8192'}^2, median): {peak / 1e9:.1f} GFLOP/s")
+    print(f"memory: {memory_kind(device)}, peak (+ growth over the start of the measurement)")
+
+    print(f"\n1. training step: forward + backward + clip + AdamW, batch {BATCH} x {BLOCK} tokens; "
+          f"MFU = tok/s x (6N + 12 L C T) / peak")
+    rows = []
+    for name, shape in configs.items():
+        rows += bench_training(name, shape, device, args, peak, tok)
+    table(("config", "params", "loss", "tok/s", "ms/step", "MFU", "memory"), rows)
+    if device.type == "cpu":
+        res = bench_threads(device, args, tok)
+        print("   threads (default config, lm loss; each MFU against the peak at the same thread count):")
+        for n, tps, pk, mfu in res:
+            print(f"     {n} thread{'s' if n > 1 else ' '}: {tps / 1e3:.1f}k tok/s, peak {pk / 1e9:.0f} GFLOP/s, MFU {100 * mfu:.0f}%")
+
+    print(f"\n2. generation: batch {GEN_BATCH}, prompt {GEN_PROMPT}, {GEN_NEW} new tokens, temperature 1, no eos "
+          f"(new tokens/s)")
+    table(("config", "cache", "recompute", "cache speed-up", "memory"),
+          [bench_generation(name, shape, device, args, tok) for name, shape in configs.items()])
+
+    steps, phases, info, mem = bench_rl(device, args, tok, args.init)
+    cfgs = {mode: c for mode, (_, c) in steps.items()}
+    g, r = cfgs["gft"], cfgs["grpo"]
+    model_desc = args.init or "default config, random init"
+    print(f"\n3. one RL step, {g.prompts_per_step} prompts, {model_desc}, max_new_tokens {g.max_new_tokens}, "
+          f"temperature {g.temperature} (ms)")
+    names = {"rollouts": "rollout generation (sample)",
+             "groups": "teachers, tokenise, verifier (build_groups)",
+             "forward": "flatten_groups, token_logprobs, loss, metrics",
+             "backward": "backward", "optimizer": "clip + AdamW", "total": "total"}
+    head = (f"GFT ({g.n_expert}e+{g.n_teacher}t+{g.n_rollout}r)", f"GRPO ({r.n_rollout}r)")
+    rows = [(desc, *(f"{1e3 * statistics.median(phases[m][k]):.0f}" for m in ("gft", "grpo")))
+            for k, desc in names.items()]
+    rows.append(("rollouts cut at max_new_tokens", *(f"{statistics.mean(info[m]['frac_cut']):.0%}"
+                                                    for m in ("gft", "grpo"))))
+    rows.append(("mean rollout length (tokens)", *(f"{statistics.mean(info[m]['rollout_len']):.1f}"
+                                                  for m in ("gft", "grpo"))))
+    rows.append(("tokens in the trained batch (N x L)", *(f"{statistics.median(info[m]['rows']):.0f}"
+                                                         for m in ("gft", "grpo"))))
+    rows.append(("memory", *(f"{mem[m][0]:.0f} MB (+{mem[m][1]:.0f})" for m in ("gft", "grpo"))))
+    table(("phase", *head), rows)
+    ratio = statistics.median(phases["gft"]["total"]) / statistics.median(phases["grpo"]["total"])
+    print(f"   GFT step / GRPO step = {ratio:.2f}")
+    end_load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    print(f"\nbench took {time.time() - t_start:.0f} s{end_load}")
+
+
+if __name__ == "__main__":
+    main()

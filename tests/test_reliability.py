@@ -1,0 +1,583 @@
+"""Reliability (issue 7): bad input gets a clear error, a killed run loses nothing, and
+training cannot quietly go wrong.
+
+Catalogue of bad inputs. Every case is a test that checks the error type and that the message
+names the problem. "here" = this file; the others are tests that existed before this file.
+
+| case | error | test |
+|---|---|---|
+| **settings** | | |
+| --tau above 1 | ValueError | test_train.py::test_out_of_range_setting_is_an_error_naming_setting_and_range[--tau-1.5-...] |
+| --tau below 0 | ValueError | here: test_bad_setting_is_an_error_naming_it[tau below 0] |
+| --tau nan | ValueError | here: test_bad_setting_is_an_error_naming_it[tau nan] |
+| tau outside [0, 1] given to the loss | ValueError | test_gft.py::test_invalid_inputs_raise_value_error_naming_the_problem[tau must be in ...] (4 cases) |
+| --lr negative (0 means the mode default) | ValueError | test_train.py::test_out_of_range_setting_...[--lr--1-...] |
+| --lr above 1 | ValueError | here: ...[lr above 1] |
+| --n_expert negative | ValueError | here: ...[n_expert negative] |
+| --n_teacher negative | ValueError | here: ...[n_teacher negative] |
+| --n_rollout below -1 (-1 = mode default) | ValueError | here: ...[n_rollout below -1] |
+| group count negative given to gft | ValueError | test_gft.py::test_invalid_inputs_...[n_teacher must be an integer >= 0] |
+| all group counts zero (gft) | ValueError | here: ...[all group counts zero]; test_gft.py::...[must be > 0] |
+| grpo with one rollout (no advantage) | ValueError | here: ...[grpo one rollout] |
+| a group with no responses (flatten_groups) | ValueError | test_gft.py::test_invalid_inputs_...[group 1 has no responses] |
+| --batch_size 0 / negative | ValueError | here: ...[batch_size 0], ...[batch_size negative] |
+| --prompts_per_step 0 | ValueError | test_train.py::test_out_of_range_setting_...[--prompts_per_step-0-...] |
+| --steps negative | ValueError | here: ...[steps negative] |
+| --ckpt_every 0 | ValueError | here: ...[ckpt_every 0] |
+| --temperature below 0 | ValueError | test_train.py::test_out_of_range_setting_...[--temperature--0.5-...] |
+| --temperature above 10 | ValueError | here: ...[temperature above 10] |
+| --max_new_tokens >= --block_size | ValueError | here: ...[response budget fills the block] |
+| --block_size below 16 | ValueError | here: ...[block_size too small] |
+| --n_embd not divisible by --n_head | ValueError | here: ...[n_embd not divisible by n_head] |
+| --agg not one of the aggregations | ValueError | here: ...[unknown agg] |
+| unknown setting name | SystemExit | test_train.py::test_unknown_setting_is_an_error_naming_it |
+| abbreviated setting name (--ta for --tau) | SystemExit | here: test_unknown_or_stray_argument_is_an_error_naming_it[abbreviation] |
+| stray positional argument | SystemExit | here: test_unknown_or_stray_argument_...[stray positional] |
+| unknown mode (command line) | SystemExit, stderr | here: test_malformed_value_is_an_argparse_error_naming_it[unknown mode] |
+| unknown mode (Config) | ValueError | here: test_unknown_mode_in_config_is_an_error_naming_the_choices |
+| non-number for a number setting | SystemExit, stderr | here: test_malformed_value_...[not an int] |
+| not true/false for a bool setting | SystemExit, stderr | here: test_malformed_value_...[not a bool] |
+| fine-tune mode without --init | ValueError | here: test_finetune_mode_without_init_is_an_error[sft], [dft], [gft], [grpo], [eval] |
+| unknown tokenizer name | ValueError | test_data.py::test_unknown_tokenizer_name_raises_value_error_naming_it; here (CLI): test_unknown_tokenizer_through_cli_is_an_error_naming_it |
+| named tiktoken encoding not loadable offline | RuntimeError | test_data.py::test_tiktoken_encoding_that_cannot_load_offline_raises_runtime_error; here (CLI): test_tiktoken_encoding_offline_through_cli_is_an_error_saying_so |
+| tokenizer whose vocabulary differs from --init's | ValueError | here: test_tokenizer_with_another_vocabulary_than_init_is_an_error |
+| **data** | | |
+| JSONL missing | FileNotFoundError | test_data.py::test_missing_jsonl_raises_file_not_found_naming_it |
+| JSONL empty / whitespace only | ValueError | test_data.py::test_bad_jsonl_raises_naming_file_and_line[empty], [whitespace only] |
+| malformed line / blank line / not an object | ValueError | test_data.py::test_bad_jsonl_...[malformed json], [blank line in the middle], [not an object] |
+| missing field | ValueError | test_data.py::test_bad_jsonl_...[missing field] |
+| wrong field type | ValueError | test_data.py::test_bad_jsonl_...[wrong type], [teachers not a list], [teachers not strings] |
+| empty prompt | ValueError | test_data.py::test_bad_jsonl_...[empty prompt] |
+| non-UTF-8 byte | ValueError | test_data.py::test_bad_jsonl_...[not utf-8] |
+| file saved with a UTF-8 byte-order mark | ValueError | here: test_bad_data_file_through_cli_is_an_error_naming_it[byte-order mark] |
+| --data is a folder | IsADirectoryError | here: test_bad_data_file_...[a folder] |
+| --data with one record (no test split) | ValueError | here: test_bad_data_file_...[one record] |
+| record longer than the block (never truncated) | ValueError | test_data.py::test_jsonl_record_longer_than_block_size_raises_instead_of_truncating |
+| prompt alone longer than the block, via the CLI | ValueError | here: test_bad_data_file_...[prompt longer than the block] |
+| prompt + --max_new_tokens longer than the block (check_fits) | ValueError | here: test_bad_data_file_...[prompt + response budget exceeds the block] |
+| expert solution failing its verifier: reported with its line, kept | (stdout) | test_data.py::test_jsonl_expert_failing_verifier_is_reported_with_its_line_and_kept |
+| **tensors given to gft.py** | | |
+| logprobs / mask / advantages / old_logprobs shapes differ | ValueError | test_gft.py::test_invalid_inputs_...[gft_loss: logprobs shape ...], [advantages shape ...], [grpo_loss: old_logprobs shape ...], [mask shape (2, 2)] |
+| ref_logprobs shape differs | ValueError | here: test_bad_tensor_is_an_error_naming_it[ref_logprobs shape] |
+| advantages (N, 1) instead of (N,) | ValueError | here: ...[advantages (N, 1)] |
+| full log-softmax (N, T, V) instead of chosen log-probs | ValueError | here: ...[logprobs (N, T, V)] |
+| NaN / -inf log-probs | ValueError | test_gft.py::test_invalid_inputs_...[logprobs contain NaN or inf0], [...inf1] |
+| +inf log-probs | ValueError | here: ...[+inf logprobs] |
+| NaN / inf old or ref log-probs (grpo) | ValueError | here: ...[NaN old_logprobs]; test_gft.py::...[ref_logprobs contain NaN] |
+| NaN log-probs given to dcr_stats | ValueError | here: ...[dcr_stats NaN] |
+| NaN / inf advantages | ValueError | here: ...[NaN advantages]; test_gft.py::...[advantages contain NaN or inf] |
+| NaN / -inf rewards | ValueError | test_gft.py::...[rewards contain NaN], [reward nan], [reward inf]; here: ...[-inf reward] |
+| positive log-probs | ValueError | test_gft.py::...[logprobs must be <= 0]; here: ...[positive old_logprobs], test_positive_logprobs_are_accepted_within_rounding_and_rejected_beyond |
+| all-masked batch | ValueError | test_gft.py::...[mask selects no response tokens], [dcr_stats: mask selects no]; here: ...[grpo all masked] |
+| integer mask of 0/1: accepted, same as bool | (behaviour) | test_gft.py::test_mask_accepts_bool_and_01_numbers; here: test_integer_mask_gives_the_same_loss_and_gradient_as_bool |
+| mask holding other values (2, -1, NaN) | ValueError | test_gft.py::...[mask must be bool or hold only 0/1]; here: ...[mask -1], [mask NaN] |
+| **checkpoints** | | |
+| missing file (load, and --init on the CLI) | FileNotFoundError | here: test_missing_checkpoint_is_an_error_naming_it |
+| truncated file (half its bytes) | ValueError | here: test_damaged_checkpoint_is_an_error_naming_it[truncated to half] |
+| empty file | ValueError | here: ...[empty file] |
+| corrupted: a flipped bit / zeroed bytes in a weight, garbage at the end | ValueError | here: ...[bit flipped in a weight], [bytes zeroed in a weight], [garbage at the end] |
+| not a checkpoint: text, a dict without the keys, a bare tensor | ValueError | here: ...[text file], [dict without the keys], [bare tensor] |
+| weights that do not match the stored model_config | ValueError | here: test_checkpoint_whose_weights_do_not_match_its_config_is_an_error[model_config says wider], [a weight missing] |
+| --n_layer / --block_size that disagree with --init's | ValueError | here: test_model_setting_that_disagrees_with_init_is_an_error[n_layer], [block_size] |
+| resuming with changed settings (error unless --override true) | ValueError | test_train.py::test_resume_with_changed_settings_is_an_error_unless_overridden |
+| resuming an --out that holds another mode's run | ValueError | here: test_resume_into_another_modes_run_is_an_error_naming_the_mode |
+| resuming from a damaged checkpoint | ValueError | here: test_resume_from_a_damaged_checkpoint_is_an_error_naming_it |
+
+Faults, with real subprocesses (train.py's test-only GFT_FAULT hook): SIGKILL inside a step
+and while a checkpoint is half written, then --resume: same weights bitwise as an uninterrupted
+run, every log line once. In process: a NaN loss or gradient stops the run naming the step and
+the quantity, the last checkpoint byte-identical; --skip_nonfinite skips, counts and finishes.
+Gradient explosion: grad_explosion.py's figures, with the ordering the math guarantees.
+"""
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import tiktoken
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import gft  # noqa: E402
+import grad_explosion  # noqa: E402
+import train  # noqa: E402
+
+TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "96"]
+FAST = ["--eval_n", "4", "--passk_problems", "2", "--passk_n", "2", "--kl_n", "2", "--n_prompts", "32",
+        "--log_every", "1", "--max_new_tokens", "48", "--device", "cpu"]  # CPU: bitwise-reproducible
+PRETRAIN = ["pretrain", "--steps", "4", "--ckpt_every", "2", "--batch_size", "8", *TINY]
+GFT = ["gft", "--steps", "4", "--ckpt_every", "2", "--prompts_per_step", "2", "--n_rollout", "2"]
+
+
+def train_py(*args, fault=None):
+    """`python train.py ARGS FAST` in a fresh process, one thread (bitwise-comparable runs)."""
+    env = {k: v for k, v in os.environ.items() if k != "GFT_FAULT"}
+    env.update(OMP_NUM_THREADS="1", **({"GFT_FAULT": fault} if fault else {}))
+    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args, *FAST], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=180)
+
+
+def ok(p):
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    return p
+
+
+def ckpt(out):
+    return train.load_checkpoint(os.path.join(out, "ckpt.pt"))
+
+
+def same_weights(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def metrics(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(l) for l in f]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A tiny pretrained base, made by a subprocess so the killed pretrain run can be compared
+    with it bitwise (same command, same thread count)."""
+    out = str(tmp_path_factory.mktemp("base"))
+    ok(train_py(*PRETRAIN, "--out", out))
+    return os.path.join(out, "ckpt.pt")
+
+
+@pytest.fixture(scope="module")
+def gft_full(base, tmp_path_factory):
+    """The uninterrupted gft run the killed ones must reproduce."""
+    out = str(tmp_path_factory.mktemp("gft_full"))
+    ok(train_py(*GFT, "--init", base, "--out", out))
+    return out
+
+
+def main(*args):
+    return train.main(list(args) + FAST)
+
+
+# ----------------------------------------------------------------------------- settings
+
+SETTINGS = {  # id: (argv, pattern of the ValueError)
+    "tau below 0": (["gft", "--init", "x.pt", "--tau", "-0.1"], r"--tau -0.1 is out of range \[0.0, 1.0\]"),
+    "tau nan": (["gft", "--init", "x.pt", "--tau", "nan"], r"--tau nan is out of range \[0.0, 1.0\]"),
+    "lr above 1": (["sft", "--init", "x.pt", "--lr", "2"], r"--lr 2.0 is out of range \[0.0, 1.0\]"),
+    "n_expert negative": (["gft", "--init", "x.pt", "--n_expert", "-1"], r"--n_expert -1 is out of range \[0, inf\]"),
+    "n_teacher negative": (["gft", "--init", "x.pt", "--n_teacher", "-1"], r"--n_teacher -1 is out of range \[0, inf\]"),
+    "n_rollout below -1": (["gft", "--init", "x.pt", "--n_rollout", "-2"], r"--n_rollout -2 is out of range \[-1, inf\]"),
+    "all group counts zero": (["gft", "--init", "x.pt", "--n_expert", "0", "--n_teacher", "0", "--n_rollout", "0"],
+                              r"n_expert \+ n_teacher \+ n_rollout must be > 0, got 0 \(empty groups\)"),
+    "grpo one rollout": (["grpo", "--init", "x.pt", "--n_rollout", "1"], r"--n_rollout must be >= 2 for grpo"),
+    "batch_size 0": (["sft", "--init", "x.pt", "--batch_size", "0"], r"--batch_size 0 is out of range \[1, inf\]"),
+    "batch_size negative": (["sft", "--init", "x.pt", "--batch_size", "-4"], r"--batch_size -4 is out of range"),
+    "steps negative": (["sft", "--init", "x.pt", "--steps", "-1"], r"--steps -1 is out of range \[0, inf\]"),
+    "ckpt_every 0": (["sft", "--init", "x.pt", "--ckpt_every", "0"], r"--ckpt_every 0 is out of range \[1, inf\]"),
+    "temperature above 10": (["gft", "--init", "x.pt", "--temperature", "11"],
+                             r"--temperature 11.0 is out of range \[0.0, 10.0\]"),
+    "response budget fills the block": (["gft", "--init", "x.pt", "--max_new_tokens", "96", "--block_size", "96"],
+                                        r"--max_new_tokens 96 must be < --block_size 96"),
+    "block_size too small": (["pretrain", "--block_size", "8"], r"--block_size 8 is out of range \[16, 8192\]"),
+    "n_embd not divisible by n_head": (["pretrain", "--n_embd", "30", "--n_head", "4"],
+                                       r"--n_embd 30 must be divisible by --n_head 4"),
+    "unknown agg": (["gft", "--init", "x.pt", "--agg", "mean"], r"--agg 'mean' is not allowed; choose one of .*token-mean"),
+}
+
+
+@pytest.mark.parametrize("case", SETTINGS)
+def test_bad_setting_is_an_error_naming_it(case):
+    argv, pattern = SETTINGS[case]
+    with pytest.raises(ValueError, match=pattern):
+        train.parse_args(argv)
+
+
+@pytest.mark.parametrize("argv,pattern", [
+    (["gft", "--init", "x.pt", "--ta", "0.5"], r"unknown setting\(s\) \['--ta', '0.5'\]"),
+    (["gft", "--init", "x.pt", "extra"], r"unknown setting\(s\) \['extra'\]"),
+], ids=["abbreviation", "stray positional"])
+def test_unknown_or_stray_argument_is_an_error_naming_it(argv, pattern):
+    with pytest.raises(SystemExit, match=pattern):
+        train.parse_args(argv)
+
+
+@pytest.mark.parametrize("argv,pattern", [
+    (["finetune"], r"argument mode: invalid choice: 'finetune'"),
+    (["sft", "--init", "x.pt", "--steps", "ten"], r"argument --steps: invalid int value: 'ten'"),
+    (["sft", "--init", "x.pt", "--resume", "maybe"], r"argument --resume: expected true or false, got 'maybe'"),
+], ids=["unknown mode", "not an int", "not a bool"])
+def test_malformed_value_is_an_argparse_error_naming_it(argv, pattern, capsys):
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(argv)
+    assert e.value.code == 2  # argparse's usage error
+    assert re.search(pattern, capsys.readouterr().err)
+
+
+def test_unknown_mode_in_config_is_an_error_naming_the_choices():
+    with pytest.raises(ValueError, match=r"--mode 'finetune' is not allowed; choose one of .*'gft'"):
+        train.check_config(train.Config(mode="finetune"))
+
+
+@pytest.mark.parametrize("mode", ["sft", "dft", "gft", "grpo", "eval"])
+def test_finetune_mode_without_init_is_an_error(mode):
+    with pytest.raises(ValueError, match=f"mode {mode} needs --init CHECKPOINT"):
+        train.parse_args([mode])
+
+
+def test_unknown_tokenizer_through_cli_is_an_error_naming_it(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown tokenizer 'nope'; allowed: 'bytes' or one of"):
+        main("pretrain", "--tokenizer", "nope", "--out", str(tmp_path / "o"), *TINY)
+    assert not (tmp_path / "o").exists()  # checked before anything is written
+
+
+def test_tiktoken_encoding_offline_through_cli_is_an_error_saying_so(tmp_path, monkeypatch):
+    def offline(name):  # never touch the network
+        raise ConnectionError(f"could not reach the server for {name}")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    with pytest.raises(RuntimeError, match=r"tiktoken encoding 'gpt2' could not be loaded.*offline"):
+        main("pretrain", "--tokenizer", "gpt2", "--out", str(tmp_path / "o"), *TINY)
+
+
+def test_tokenizer_with_another_vocabulary_than_init_is_an_error(base, tmp_path, monkeypatch):
+    def local_257(name):  # a local stand-in for a named encoding: 256 bytes + end token
+        return tiktoken.Encoding(name=name, pat_str=r"\s+|\S+", mergeable_ranks={bytes([i]): i for i in range(256)},
+                                 special_tokens={"<|endoftext|>": 256})
+
+    monkeypatch.setattr(tiktoken, "get_encoding", local_257)
+    with pytest.raises(ValueError, match=re.escape(base) + r" was trained with vocab_size 258, tokenizer 'gpt2' has 257"):
+        main("sft", "--init", base, "--tokenizer", "gpt2", "--out", str(tmp_path / "o"), "--steps", "1")
+
+
+# ----------------------------------------------------------------------------- data
+
+GOOD = {"prompt": "Q:1+2=", "answer": "3", "expert": "1+2=3;#### 3", "teachers": []}
+LONG_PROMPT = dict(GOOD, prompt="Q:" + "1+" * 60 + "2=")  # 123 tokens > block 96
+TIGHT_PROMPT = dict(GOOD, prompt="Q:" + "1+" * 29 + "2=", expert="#### 3")  # 62 + 7 fit, 62 + 48 do not
+
+DATA_FILES = {  # id: (file bytes or None for a folder, error type, pattern; PATH = the file)
+    "byte-order mark": (b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\n" + json.dumps(GOOD).encode() + b"\n",
+                        ValueError, r"PATH:1: malformed JSON: Unexpected UTF-8 BOM"),
+    "a folder": (None, IsADirectoryError, r"Is a directory: 'PATH'"),
+    "one record": (json.dumps(GOOD).encode() + b"\n", ValueError, r"PATH: need at least 2 records \(train \+ test\), got 1"),
+    "prompt longer than the block": ((json.dumps(GOOD) + "\n" + json.dumps(LONG_PROMPT) + "\n").encode(), ValueError,
+                                     r"PATH:2: prompt \+ expert is 137 tokens, longer than block_size 96"),
+    "prompt + response budget exceeds the block": (
+        (json.dumps(GOOD) + "\n" + json.dumps(TIGHT_PROMPT) + "\n").encode(), ValueError,
+        r"prompt 'Q:1\+1\+.*' \(62 tokens\) \+ max_new_tokens 48 = 110 > block_size 96"),
+}
+
+
+@pytest.mark.parametrize("case", DATA_FILES)
+def test_bad_data_file_through_cli_is_an_error_naming_it(base, tmp_path, case):
+    raw, exc, pattern = DATA_FILES[case]
+    path = tmp_path / "d.jsonl"
+    path.mkdir() if raw is None else path.write_bytes(raw)
+    with pytest.raises(exc, match=pattern.replace("PATH", re.escape(str(path)))):
+        main("gft", "--init", base, "--data", str(path), "--out", str(tmp_path / "o"), "--steps", "1")
+    assert not (tmp_path / "o").exists()  # nothing trained, nothing written
+
+
+# ----------------------------------------------------------------------------- tensors
+
+lp46 = -torch.rand(4, 6, generator=torch.Generator().manual_seed(0))  # (N, T) log-probs
+m46, A4 = torch.ones(4, 6, dtype=torch.bool), torch.ones(4)
+
+
+def _with(t, idx, v):
+    t = t.clone()
+    t[idx] = v
+    return t
+
+
+TENSORS = {  # id: (call, pattern of the ValueError)
+    "ref_logprobs shape": (lambda: gft.grpo_loss(lp46, lp46, A4, m46, ref_logprobs=lp46[:, :5], beta=0.1),
+                           r"grpo_loss: ref_logprobs shape \(4, 5\) != mask shape \(4, 6\)"),
+    "advantages (N, 1)": (lambda: gft.gft_loss(lp46, A4[:, None], m46, 0.5), r"advantages shape \(4, 1\) != \(4,\)"),
+    "logprobs (N, T, V)": (lambda: gft.gft_loss(torch.full((4, 6, 5), -math.log(5)), A4, m46, 0.5),
+                           r"gft_loss: logprobs must be \(N, T\), got shape \(4, 6, 5\)"),
+    "+inf logprobs": (lambda: gft.gft_loss(_with(lp46, (2, 3), math.inf), A4, m46, 0.5),
+                      "gft_loss: logprobs contain NaN or inf under the mask"),
+    "NaN old_logprobs": (lambda: gft.grpo_loss(lp46, _with(lp46, (0, 1), math.nan), A4, m46),
+                         "grpo_loss: old_logprobs contain NaN or inf"),
+    "dcr_stats NaN": (lambda: gft.dcr_stats(_with(lp46, (3, 5), math.nan), m46, 0.5), "dcr_stats: logprobs contain NaN"),
+    "NaN advantages": (lambda: gft.gft_loss(lp46, _with(A4, 1, math.nan), m46, 0.5), "advantages contain NaN or inf"),
+    "-inf reward": (lambda: gft.group_advantages(_with(torch.zeros(2, 3), (0, 2), -math.inf)),
+                    "group_advantages: rewards contain NaN or inf"),
+    "positive old_logprobs": (lambda: gft.grpo_loss(lp46, _with(lp46, (1, 1), 0.3), A4, m46),
+                              r"grpo_loss: old_logprobs must be <= 0 \(log-probabilities\), max is 0.3"),
+    "grpo all masked": (lambda: gft.grpo_loss(lp46, lp46, A4, torch.zeros(4, 6, dtype=torch.bool)),
+                        "grpo_loss: mask selects no response tokens"),
+    "mask -1": (lambda: gft.gft_loss(lp46, A4, _with(m46.long(), (0, 0), -1), 0.5), "mask must be bool or hold only 0/1"),
+    "mask NaN": (lambda: gft.gft_loss(lp46, A4, _with(m46.float(), (0, 0), math.nan), 0.5),
+                 "mask must be bool or hold only 0/1"),
+}
+
+
+@pytest.mark.parametrize("case", TENSORS)
+def test_bad_tensor_is_an_error_naming_it(case):
+    call, pattern = TENSORS[case]
+    with pytest.raises(ValueError, match=pattern):
+        call()
+
+
+def test_positive_logprobs_are_accepted_within_rounding_and_rejected_beyond():
+    """A float32 log-softmax can round a sure token to a hair above 0; more is a bug upstream."""
+    assert torch.isfinite(gft.gft_loss(_with(lp46, (0, 0), 0.5 * gft.LOGPROB_TOL), A4, m46, 0.5))
+    with pytest.raises(ValueError, match=r"logprobs must be <= 0 \(log-probabilities\), max is 0.0002"):
+        gft.gft_loss(_with(lp46, (0, 0), 2 * gft.LOGPROB_TOL), A4, m46, 0.5)
+
+
+def test_integer_mask_gives_the_same_loss_and_gradient_as_bool():
+    """Behaviour chosen for integer masks: accepted when they hold only 0/1, same as bool."""
+    m = torch.tensor([[1, 1, 0, 0, 1, 0], [0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1], [0, 1, 0, 0, 0, 0]])
+    A = torch.tensor([1.0, -0.5, 2.0, 0.3])
+    losses = {"gft": lambda lp, mm: gft.gft_loss(lp, A, mm, 0.4, agg="seq-mean-token-mean"),
+              "sft": gft.sft_loss, "dft": gft.dft_loss,
+              "grpo": lambda lp, mm: gft.grpo_loss(lp, lp.detach() - 0.1, A, mm, ref_logprobs=lp46, beta=0.1)}
+    for name, fn in losses.items():
+        ref_lp = lp46.clone().requires_grad_()
+        ref = fn(ref_lp, m.bool())
+        ref.backward()
+        for mm in (m, m.int(), m.to(torch.uint8), m.float()):
+            lp = lp46.clone().requires_grad_()
+            loss = fn(lp, mm)
+            loss.backward()
+            assert torch.equal(loss, ref) and torch.equal(lp.grad, ref_lp.grad), (name, mm.dtype)
+    assert gft.dcr_stats(lp46, m, 0.4) == gft.dcr_stats(lp46, m.bool(), 0.4)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def test_missing_checkpoint_is_an_error_naming_it(tmp_path):
+    path = str(tmp_path / "nowhere.pt")
+    with pytest.raises(FileNotFoundError, match=f"checkpoint {re.escape(path)}: no such file"):
+        train.load_checkpoint(path)
+    with pytest.raises(FileNotFoundError, match=re.escape(path)):
+        main("sft", "--init", path, "--out", str(tmp_path / "o"))
+
+
+def _damage(raw, ck, how):
+    """Bytes of a damaged copy of a checkpoint file."""
+    w = ck["model"]["transformer.h.0.attn.c_attn.weight"].numpy().tobytes()
+    at = raw.find(w) + len(w) // 2  # the middle of one weight matrix's bytes
+    assert at > len(w) // 2
+    b = bytearray(raw)
+    if how == "bit flipped in a weight":
+        b[at] ^= 0x01
+    elif how == "bytes zeroed in a weight":
+        b[at:at + 64] = bytes(64)
+    elif how == "garbage at the end":
+        b[-100:] = b"\xab" * 100
+    elif how == "truncated to half":
+        b = b[:len(b) // 2]
+    elif how == "empty file":
+        b = b""
+    elif how == "text file":
+        b = b"step 4\nthis is not a checkpoint\n"
+    return bytes(b)
+
+
+DAMAGES = {  # how the file is damaged: what the error says after "checkpoint PATH is "
+    "truncated to half": "truncated or corrupted",
+    "empty file": "truncated or corrupted",
+    "bit flipped in a weight": r"truncated or corrupted \(ValueError: CRC mismatch in .*data/",
+    "bytes zeroed in a weight": r"truncated or corrupted \(ValueError: CRC mismatch in .*data/",
+    "garbage at the end": "truncated or corrupted",
+    "text file": "truncated or corrupted",
+    "dict without the keys": r"not a train.py checkpoint \(missing \['config', 'model', 'model_config', 'step'\]\)",
+    "bare tensor": r"not a train.py checkpoint",
+}
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_damaged_checkpoint_is_an_error_naming_it(base, tmp_path, how):
+    path = str(tmp_path / "ck.pt")
+    if how == "dict without the keys":
+        torch.save({"weights": train.load_checkpoint(base)["model"]}, path)
+    elif how == "bare tensor":
+        torch.save(torch.zeros(3), path)
+    else:
+        with open(base, "rb") as f:
+            raw = f.read()
+        with open(path, "wb") as f:
+            f.write(_damage(raw, train.load_checkpoint(base), how))
+    with pytest.raises(ValueError, match=f"checkpoint {re.escape(path)} is " + DAMAGES[how]):
+        train.load_checkpoint(path)
+
+
+@pytest.mark.parametrize("change", ["model_config says wider", "a weight missing"])
+def test_checkpoint_whose_weights_do_not_match_its_config_is_an_error(base, tmp_path, change):
+    ck = train.load_checkpoint(base)
+    if change == "model_config says wider":
+        ck["model_config"] = dict(ck["model_config"], n_embd=64)
+        words = r"size mismatch for lm_head.weight"
+    else:
+        del ck["model"]["transformer.wpe.weight"]
+        words = r"Missing key.*transformer.wpe.weight"
+    path = str(tmp_path / "other.pt")
+    torch.save(ck, path)
+    with pytest.raises(ValueError, match="(?s)" + re.escape(path) + ": weights do not match its model config.*" + words):
+        main("sft", "--init", path, "--out", str(tmp_path / "o"))
+
+
+@pytest.mark.parametrize("flag,value,have", [("--n_layer", "2", "n_layer=1"), ("--block_size", "64", "block_size=96")],
+                         ids=["n_layer", "block_size"])
+def test_model_setting_that_disagrees_with_init_is_an_error(base, tmp_path, flag, value, have):
+    with pytest.raises(ValueError, match=f"{flag} {value} differs from {re.escape(base)}'s {have}"):
+        main("sft", "--init", base, flag, value, "--out", str(tmp_path / "o"))
+
+
+def test_resume_into_another_modes_run_is_an_error_naming_the_mode(base, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    shutil.copy(base, out / "ckpt.pt")  # a pretrain run's checkpoint
+    with pytest.raises(ValueError, match=r"--resume with settings that differ .*mode: 'pretrain' -> 'sft'"):
+        main("sft", "--init", base, "--out", str(out), "--resume", "true")
+
+
+def test_resume_from_a_damaged_checkpoint_is_an_error_naming_it(base, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    with open(base, "rb") as f:
+        (out / "ckpt.pt").write_bytes(f.read()[:1000])
+    with pytest.raises(ValueError, match=re.escape(str(out / "ckpt.pt")) + " is truncated or corrupted"):
+        main(*PRETRAIN, "--out", str(out), "--resume", "true")
+
+
+# ----------------------------------------------------------------------------- faults: SIGKILL, then resume
+
+@pytest.mark.parametrize("mode,fault", [("gft", "kill_in_step:3"), ("gft", "kill_in_ckpt:4"),
+                                        ("pretrain", "kill_in_step:3")])
+def test_killed_run_resumes_from_last_complete_checkpoint_to_the_same_weights(base, gft_full, tmp_path, mode, fault):
+    args = [*GFT, "--init", base] if mode == "gft" else PRETRAIN
+    full = gft_full if mode == "gft" else os.path.dirname(base)
+    out = str(tmp_path / "cut")
+    p = train_py(*args, "--out", out, fault=fault)
+    assert p.returncode == -9, p.stdout[-2000:] + p.stderr[-2000:]  # died by SIGKILL
+    assert ckpt(out)["step"] == 2  # the last complete checkpoint
+    tmp = os.path.join(out, "ckpt.pt.tmp")
+    if fault.startswith("kill_in_ckpt"):  # the half-written file is there and is recognised as such
+        with pytest.raises(ValueError, match="truncated or corrupted"):
+            train.load_checkpoint(tmp)
+    at_2 = ckpt(out)["model"]
+    r = ok(train_py(*args, "--out", out, "--resume", "true"))
+    assert f"resumed {os.path.join(out, 'ckpt.pt')} at step 2" in r.stdout
+    assert same_weights(ckpt(out)["model"], ckpt(full)["model"])  # bitwise
+    assert not same_weights(at_2, ckpt(full)["model"])  # and steps 3-4 did change them
+    assert not os.path.exists(tmp)
+    rows = metrics(out)
+    assert [m.get("step") for m in rows if "step" in m] == [1, 2, 3, 4]  # no log line lost or doubled
+    assert sum("config" in m for m in rows) == 1 and sum("final" in m for m in rows) == 1
+
+
+def test_kill_before_the_first_checkpoint_restarts_with_one_config_line(tmp_path, monkeypatch):
+    def killed(path, **obj):  # in process: the run dies at its first checkpoint
+        raise KeyboardInterrupt("simulated kill")
+
+    out = str(tmp_path / "o")
+    monkeypatch.setattr(train, "save_checkpoint", killed)
+    with pytest.raises(KeyboardInterrupt):
+        main(*PRETRAIN, "--out", out)
+    monkeypatch.undo()
+    main(*PRETRAIN, "--out", out, "--resume", "true")  # nothing to resume: starts fresh
+    rows = metrics(out)
+    assert sum("config" in m for m in rows) == 1
+    assert [m["step"] for m in rows if "step" in m] == [1, 2, 3, 4]
+
+
+def test_log_line_torn_by_a_crash_is_dropped_on_resume(tmp_path):
+    out = str(tmp_path / "o")
+    main(*PRETRAIN, "--out", out)
+    with open(os.path.join(out, "metrics.jsonl"), "a") as f:
+        f.write('{"final": {"acc_te')  # the process died in the middle of this write
+    main(*PRETRAIN, "--out", out, "--resume", "true")
+    rows = metrics(out)  # every line parses
+    assert [m["step"] for m in rows if "step" in m] == [1, 2, 3, 4] and sum("final" in m for m in rows) == 1
+
+
+# ----------------------------------------------------------------------------- faults: non-finite loss or gradient
+
+@pytest.fixture
+def saved(monkeypatch):
+    """Record every checkpoint as it is written: {step: (file bytes, model weights)}."""
+    seen, real = {}, train.save_checkpoint
+
+    def recording(path, **obj):
+        real(path, **obj)
+        with open(path, "rb") as f:
+            seen[obj["step"]] = (f.read(), {k: v.clone() for k, v in obj["model"].items()})
+
+    monkeypatch.setattr(train, "save_checkpoint", recording)
+    return seen
+
+
+def test_nonfinite_loss_stops_naming_step_and_keeps_last_checkpoint_intact(base, tmp_path, monkeypatch, saved):
+    out = str(tmp_path / "o")
+    monkeypatch.setenv("GFT_FAULT", "nan_loss:3")
+    with pytest.raises(FloatingPointError, match=r"step 3: non-finite loss and grad norm; stopping.*"
+                                                 + re.escape(os.path.join(out, "ckpt.pt")) + " is intact"):
+        main(*GFT, "--init", base, "--out", out, "--ckpt_every", "1")
+    assert list(saved) == [1, 2]
+    with open(os.path.join(out, "ckpt.pt"), "rb") as f:
+        assert f.read() == saved[2][0]  # byte-identical to what step 2 wrote
+    monkeypatch.delenv("GFT_FAULT")
+    main(*GFT, "--init", base, "--out", out, "--ckpt_every", "1", "--resume", "true")  # and it resumes
+    assert ckpt(out)["step"] == 4
+
+
+def test_nonfinite_gradient_with_finite_loss_stops_naming_the_gradient(base, tmp_path, monkeypatch):
+    calls, real = [], train.train_step
+
+    def exploding(*a, **k):  # the 3rd step's backward sends inf into every gradient
+        loss, m = real(*a, **k)
+        calls.append(1)
+        if len(calls) == 3:
+            loss.register_hook(lambda g: g * math.inf)
+        return loss, m
+
+    monkeypatch.setattr(train, "train_step", exploding)
+    with pytest.raises(FloatingPointError, match=r"step 3: non-finite grad norm; stopping") as e:
+        main(*GFT, "--init", base, "--out", str(tmp_path / "o"))
+    assert "loss" not in str(e.value).split(";")[0]  # the loss itself was finite
+    assert ckpt(str(tmp_path / "o"))["step"] == 2
+
+
+def test_skip_nonfinite_skips_the_step_counts_it_and_finishes(base, tmp_path, monkeypatch, saved, capsys):
+    out = str(tmp_path / "o")
+    monkeypatch.setenv("GFT_FAULT", "nan_loss:3")
+    main(*GFT, "--init", base, "--out", out, "--ckpt_every", "1", "--skip_nonfinite", "true")
+    assert "step 3: non-finite loss and grad norm, skipped (1 so far)" in capsys.readouterr().out
+    assert [m["skipped"] for m in metrics(out) if "step" in m] == [0, 0, 1, 1]
+    assert [train.load_checkpoint(os.path.join(out, "ckpt.pt"))["skipped"]] == [1]
+    assert same_weights(saved[3][1], saved[2][1])  # the skipped step changed nothing
+    assert not same_weights(saved[4][1], saved[3][1])  # the next one trained again
+    assert all(torch.isfinite(v).all() for v in saved[4][1].values())
+
+
+# ----------------------------------------------------------------------------- gradient explosion
+
+def test_gft_logit_gradient_never_exceeds_sft_and_shrinks_as_tau_grows():
+    """Per token, with A = 1: |dL/dz|_GFT = C(p) |dL/dz|_SFT, C = p < 1 below tau, else 1. So GFT
+    <= SFT for every tau, non-increasing in tau, equal at tau = 0. grad_explosion.py prints the figures."""
+    torch.manual_seed(0)
+    model = grad_explosion.fit_model(steps=60, n_problems=8)
+    text, res = grad_explosion.table(model, n_problems=6)
+    print(text)
+    sft = res["SFT"]
+    assert len(sft["p"]) >= 50 and sft["p"].min() >= 1e-6 and sft["p"].max() <= 1e-2
+    assert torch.equal(res["GFT tau=0"]["logit"], sft["logit"])  # tau = 0 is SFT exactly
+    prev = sft["logit"]
+    for tau in grad_explosion.TAUS:
+        g = res[f"GFT tau={tau:g}"]["logit"]
+        assert (g <= sft["logit"] * (1 + 1e-5)).all(), tau
+        assert (g <= prev * (1 + 1e-5)).all(), tau
+        assert (res[f"GFT tau={tau:g}"]["weight"] <= max(1.0, 1.0 / tau if tau else math.inf) * (1 + 1e-5)).all()
+        prev = g
+    # every target is below tau = 0.01: each gradient is scaled by its p, at most 1e-2 of SFT's
+    ratio = res["GFT tau=0.01"]["logit"] / sft["logit"]
+    torch.testing.assert_close(ratio, res["GFT tau=0.01"]["p"], rtol=1e-4, atol=0)
+    assert sft["weight"].max() > 1e4 and res["GFT tau=0.5"]["weight"].max() <= 1 + 1e-5  # 1/p vs C/p
