@@ -137,7 +137,8 @@ class GPTConfig:
     n_embd: int = 128
     dropout: float = 0.0  # tiny models on generated data do not overfit in minutes
     bias: bool = False  # nanoGPT: slightly better and faster without
-    rope: bool = False  # rotary position embeddings instead of learned absolute ones
+    rope: bool = True  # rotary positions; learned ones (False, nanoGPT's) learned the task 2x slower:
+    # pretraining loss 0.22 vs 0.48 after 750 steps at lr 1e-3 (same seed and data)
 
     def __post_init__(self):
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -206,10 +207,11 @@ class GPT(nn.Module):
         if pad_mask is not None:  # left padding: positions from each row's first real token
             pos = (pad_mask.long().cumsum(1) - 1).clamp(min=0)  # (B, T)
             attn_mask = self._attn_mask(pad_mask, T)
+            self._check_position(int(pos.max()))
         elif pos is None:
             pos = torch.arange(T, device=idx.device).unsqueeze(0)  # (1, T)
-        if int(pos.max()) >= self.config.block_size:
-            raise ValueError(f"sequence reaches position {int(pos.max())} but block_size is {self.config.block_size}")
+            self._check_position(T - 1)  # known on the host: no device sync
+        # else: a decode step of generate, which checked the whole length before its loop
         rot = None
         if self.config.rope:
             x = self.transformer.drop(self.transformer.wte(idx))
@@ -219,6 +221,10 @@ class GPT(nn.Module):
         for i, block in enumerate(self.transformer.h):
             x = block(x, attn_mask, cache, i, rot)
         return self.lm_head(self.transformer.ln_f(x))
+
+    def _check_position(self, last):
+        if last >= self.config.block_size:
+            raise ValueError(f"sequence reaches position {last} but block_size is {self.config.block_size}")
 
     @staticmethod
     def _attn_mask(key_real, T):
@@ -281,17 +287,22 @@ class GPT(nn.Module):
         out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=dev)
         done = torch.zeros(B, dtype=torch.bool, device=dev)
         lengths = torch.full((B,), max_new_tokens, dtype=torch.long, device=dev)
-        seq, mask = idx, pad_mask
-        cache = None
+        real = torch.ones(B, T + max_new_tokens, dtype=torch.bool, device=dev)  # (B, T + new): True at real tokens
+        real[:, :T] = pad_mask
+        cache = seq = None
         if use_cache:
             c = self.config
             dtype = self.lm_head.weight.dtype if not torch.is_autocast_enabled(dev.type) else torch.get_autocast_dtype(dev.type)
             cache = KVCache(c.n_layer, B, c.n_head, T + max_new_tokens, c.n_embd // c.n_head, dev, dtype)
             logits = self._logits(idx, pad_mask, cache=cache)[:, -1]  # prefill (B, V)
             cache.length = T
+            pos = pad_mask.sum(1, keepdim=True)  # (B, 1) position of the first new token
+        else:
+            seq = torch.full((B, T + max_new_tokens), pad_id, dtype=torch.long, device=dev)  # prompt + new, filled as made
+            seq[:, :T] = idx
         for t in range(max_new_tokens):
             if not use_cache:
-                logits = self._logits(seq, mask)[:, -1]
+                logits = self._logits(seq[:, :T + t], real[:, :T + t])[:, -1]
             nxt = self._sample(logits.float(), temperature, top_k, generator)  # (B,)
             nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
             out[:, t] = nxt
@@ -303,13 +314,12 @@ class GPT(nn.Module):
                     break
             if t == max_new_tokens - 1:
                 break
-            seq = torch.cat([seq, nxt[:, None]], 1)
-            mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.bool, device=dev)], 1)
-            if use_cache:
-                pos = mask.long().sum(1, keepdim=True) - 1  # (B, 1) position of the new token
-                logits = self._logits(nxt[:, None], cache=cache, pos=pos,
-                                      attn_mask=self._attn_mask(mask, 1))[:, -1]
+            if use_cache:  # one new query, which may attend to every real key: the mask is a view
+                logits = self._logits(nxt[:, None], cache=cache, pos=pos + t,
+                                      attn_mask=real[:, None, None, :T + t + 1])[:, -1]
                 cache.length += 1
+            else:
+                seq[:, T + t] = nxt
         return Generation(out, lengths, done)
 
     @staticmethod
