@@ -13,20 +13,27 @@ MFU = achieved model FLOP/s / peak FLOP/s; the peak is measured in the same run:
 large square matmuls (float32 on CPU, bfloat16 on GPU where the model runs under autocast).
 Model FLOPs per trained token (nanoGPT's estimate_mfu, after PaLM appendix B):
     6 * N + 12 * n_layer * n_embd * T
-  N: parameters that take part in a matmul: every parameter but the position embeddings (the
-     token embedding is the lm_head, tied, counted once). 6 = 2 (multiply + add) x 3 (forward
-     and the two backward matmuls). Layer norms, GELU, softmax and AdamW are not counted.
+  N: parameters that take part in a matmul: every parameter but learned position embeddings
+     (none with rotary positions, the default; the token embedding is the lm_head, tied, counted
+     once). 6 = 2 (multiply + add) x 3 (forward and the two backward matmuls). Layer norms,
+     GELU, rotary, softmax and AdamW are not counted.
   12 * n_layer * n_embd * T: attention's two matmuls (q k^T and att v), 2 * T * n_embd each per
      token per layer forward, x3 with backward; the whole T x T, as nanoGPT (the causal half
      that is masked is not subtracted).
 Memory: on GPU torch.cuda.max_memory_allocated; on CPU the process's peak resident set size
-(VmHWM, reset before each measurement through /proc/self/clear_refs), which includes Python,
-torch and everything already allocated, so the delta over the resident size at the start of
-the measurement is printed beside it.
+(VmHWM, reset before each measurement through /proc/self/clear_refs after malloc_trim hands
+freed heap back), which includes Python, torch and everything still allocated, so the growth
+over the resident size at the start of the measurement is printed beside it.
+
+Threads (CPU): section 0 times 1 thread against torch's default. When another process holds a
+core, spinning OpenMP threads wait on a descheduled partner and N threads run several times
+slower than 1; then the rest runs on 1 thread, as printed (--threads N forces N).
 """
 import argparse
 import collections
 import copy
+import ctypes
+import gc
 import os
 import resource
 import statistics
@@ -83,6 +90,9 @@ class Memory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start = torch.cuda.memory_allocated(self.device)
         else:
+            gc.collect()
+            if _LIBC is not None:  # hand freed heap pages back, or the step reuses them unseen
+                _LIBC.malloc_trim(0)
             try:  # "5" resets the peak RSS to the current RSS (Linux >= 4.0)
                 with open("/proc/self/clear_refs", "w") as f:
                     f.write("5")
@@ -96,10 +106,16 @@ class Memory:
             self.peak = torch.cuda.max_memory_allocated(self.device)
         else:
             self.peak = _proc_status("VmHWM")
-        self.peak, self.delta = self.peak / 2**20, (self.peak - self.start) / 2**20
+        self.peak, self.delta = self.peak / 2**20, max(0, self.peak - self.start) / 2**20
 
     def __str__(self):
         return f"{self.peak:.0f} MB (+{self.delta:.0f})"
+
+
+try:
+    _LIBC = ctypes.CDLL("libc.so.6")  # glibc, for malloc_trim
+except OSError:
+    _LIBC = None
 
 
 def _proc_status(key):
@@ -129,7 +145,7 @@ def matmul_peak(device, n, repeats):
 def flops_per_token(model, T):
     """6 N + 12 L C T (module docstring)."""
     c = model.config
-    N = model.num_params(non_embedding=False) - model.transformer.wpe.weight.numel()
+    N = model.num_params(non_embedding=False) - sum(p.numel() for p in model.transformer.wpe.parameters())
     return 6 * N + 12 * c.n_layer * c.n_embd * T
 
 
@@ -149,12 +165,12 @@ def train_step_fn(model, device, loss_path, compile_):
 
     loss_path "lm": model(x, targets) cross-entropy over every position (nanoGPT's step).
     loss_path "train.py": LogProbs (token_logprobs with entropy) + gft.sft_loss, the path every
-    train.py mode takes, on a batch whose last BLOCK - 16 tokens are the response.
+    train.py mode takes, the same BLOCK + 1 tokens split into a 17-token prompt and a response.
     """
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (BATCH, BLOCK + 1), generator=g).to(device)
     resp = torch.zeros(BATCH, BLOCK + 1, dtype=torch.bool)
-    resp[:, 17:] = True  # a 16-token prompt, 112 response tokens
+    resp[:, 17:] = True  # (BATCH, BLOCK + 1): 17 prompt tokens, then 112 response tokens
     resp = resp.to(device)
     optim = make_optimizer(model)
     fwd = train.LogProbs(model) if loss_path == "train.py" else model
@@ -176,26 +192,30 @@ def train_step_fn(model, device, loss_path, compile_):
 
 
 def bench_training(name, shape, device, args, peak, tok):
+    """Rows of the training table for one config; its loss paths' runs interleaved."""
+    paths = ("lm", "train.py") if name == "default" else ("lm",)  # same matmuls; one is enough when slow
+    steps, mem = {}, {}
+    for loss_path in paths:
+        with Memory(device) as mem[loss_path]:  # the model, its optimizer state, one step's activations
+            torch.manual_seed(0)
+            model = GPT(GPTConfig(block_size=BLOCK, vocab_size=tok.vocab_size, **shape)).to(device).train()
+            steps[loss_path] = train_step_fn(model, device, loss_path, args.compile)
+            steps[loss_path]()
+    repeats = args.repeats if name == "default" else max(3, args.repeats // 2)
+    t = medians(steps, device, repeats, warmup=1)
     rows = []
-    for loss_path in ("lm", "train.py"):
-        torch.manual_seed(0)
-        model = GPT(GPTConfig(block_size=BLOCK, vocab_size=tok.vocab_size, **shape)).to(device).train()
-        step = train_step_fn(model, device, loss_path, args.compile)
-        repeats = args.repeats if name == "default" else max(3, args.repeats // 2)
-        with Memory(device) as mem:
-            t = medians({"step": step}, device, repeats, warmup=2)["step"]
-        tps = BATCH * BLOCK / t
+    for loss_path in paths:
+        tps = BATCH * BLOCK / t[loss_path]
         mfu = tps * flops_per_token(model, BLOCK) / peak
         rows.append((f"{name} {label(shape)}", f"{model.num_params(False) / 1e6:.2f}M", loss_path,
-                     f"{tps / 1e3:.1f}k", f"{1e3 * t:.0f}", f"{100 * mfu:.0f}%", str(mem)))
+                     f"{tps / 1e3:.1f}k", f"{1e3 * t[loss_path]:.0f}", f"{100 * mfu:.0f}%", str(mem[loss_path])))
     return rows
 
 
 def bench_threads(device, args, tok):
-    """CPU: the default config's training step (lm path) and the matmul peak at 1 thread and at
-    torch's default thread count, interleaved."""
+    """CPU: the default config's training step (lm loss) and the matmul peak at 1 thread and at
+    torch's default thread count, interleaved. Returns [(threads, tok/s, peak FLOP/s, MFU)]."""
     default = torch.get_num_threads()
-    counts = sorted({1, default})
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=BLOCK, vocab_size=tok.vocab_size, **CONFIGS["default"])).to(device).train()
     step = train_step_fn(model, device, "lm", False)
@@ -207,13 +227,12 @@ def bench_threads(device, args, tok):
             fn()
         return run
     fns = {}
-    for n in counts:
-        fns[("step", n)] = at(n, step)
-        fns[("mm", n)] = at(n, lambda: a @ b)
+    for n in sorted({1, default}):
+        fns[("step", n)], fns[("mm", n)] = at(n, step), at(n, lambda: a @ b)
     t = medians(fns, device, args.repeats, warmup=2)
     torch.set_num_threads(default)
     out = []
-    for n in counts:
+    for n in sorted({1, default}):
         tps, pk = BATCH * BLOCK / t[("step", n)], 2 * 2048 ** 3 / t[("mm", n)]
         out.append((n, tps, pk, tps * flops_per_token(model, BLOCK) / pk))
     return out
@@ -222,8 +241,7 @@ def bench_threads(device, args, tok):
 # ----------------------------------------------------------------------------- 2. generation
 
 def bench_generation(name, shape, device, args, tok):
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=BLOCK, vocab_size=tok.vocab_size, **shape)).to(device).eval()
+    """A row of the generation table: cached and recomputed runs interleaved."""
     idx = torch.randint(0, 256, (GEN_BATCH, GEN_PROMPT), generator=torch.Generator().manual_seed(0)).to(device)
 
     def gen(use_cache, new=GEN_NEW):
@@ -232,11 +250,13 @@ def bench_generation(name, shape, device, args, tok):
             with train.autocast(device):
                 model.generate(idx, new, temperature=1.0, eos_id=None, generator=g, use_cache=use_cache)
         return run
+    with Memory(device) as mem:  # the model and one cached generation (KV cache included)
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(block_size=BLOCK, vocab_size=tok.vocab_size, **shape)).to(device).eval()
+        gen(True)()
+    gen(False, 8)()  # warm-up of the recompute path, short
     repeats = args.repeats if name == "default" else max(3, args.repeats // 2)
-    for use_cache in (True, False):  # warm-up, short
-        gen(use_cache, 8)()
-    with Memory(device) as mem:
-        t = medians({"cache": gen(True), "recompute": gen(False)}, device, repeats, warmup=0)
+    t = medians({"cache": gen(True), "recompute": gen(False)}, device, repeats, warmup=0)
     new_tokens = GEN_BATCH * GEN_NEW
     return (f"{name} {label(shape)}", f"{new_tokens / t['cache']:.0f}", f"{new_tokens / t['recompute']:.0f}",
             f"{t['recompute'] / t['cache']:.1f}x", str(mem))
@@ -277,7 +297,7 @@ def rl_step_fn(mode, model, device, args, tok, pool):
     def run(step):
         ph, lengths = Phases(device), []
 
-        def sample_counted(*a, **k):
+        def sample_counted(*a, **k):  # train.sample, noting the rollout lengths
             responses, stopped = sample(*a, **k)
             lengths.extend(len(r) for r in responses)
             return responses, stopped
@@ -323,7 +343,8 @@ def bench_rl(device, args, tok, init):
             s = ph.s
             split = {"rollouts": s["rollouts"],
                      "groups": s["groups"] - s["rollouts"],
-                     "forward": s["step"] - s["groups"],
+                     "forward": s["logprobs"],
+                     "loss": s["step"] - s["groups"] - s["logprobs"],
                      "backward": s["backward"],
                      "optimizer": s["optimizer"]}
             split["total"] = sum(split.values())
@@ -353,13 +374,16 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5, help="timed runs per figure, median reported (>= 1)")
     p.add_argument("--quick", action="store_true", help="3 repeats, default config only")
     p.add_argument("--compile", action="store_true", help="torch.compile the trained forward (GPU)")
-    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads; 0 = torch's default")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads; 0 = torch's default, or 1 when the first measurement finds 1 faster")
     p.add_argument("--init", default="", help="train.py checkpoint for the GFT/GRPO step (default: random init)")
     args = p.parse_args(argv)
     if args.repeats < 1:
         raise SystemExit(f"--repeats must be >= 1, got {args.repeats}")
     if args.quick:
         args.repeats = min(args.repeats, 3)
+    if args.threads < 0:
+        raise SystemExit(f"--threads must be >= 0, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
@@ -367,28 +391,42 @@ def main(argv=None):
     configs = {k: v for k, v in CONFIGS.items() if not (args.quick and k != "default")}
     t_start = time.time()
     load = f", load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores" if hasattr(os, "getloadavg") else ""
-    print(f"bench.py | {device} | torch {torch.__version__} | {torch.get_num_threads()} threads | "
-          f"median of {args.repeats} after warm-up{load}")
+    print(f"bench.py | {device} | torch {torch.__version__} | median of {args.repeats} after warm-up{load}")
+    print(f"models: GPTConfig defaults ({'rotary' if GPTConfig().rope else 'learned'} positions, block {BLOCK}, "
+          f"vocab {tok.vocab_size}), random init unless --init")
+    print(f"memory: {memory_kind(device)}, peak (+ growth over the start of the measurement)")
+    if device.type == "cpu":
+        print(f"\n0. threads: training step of the default config (lm loss) and a 2048^2 matmul, interleaved "
+              f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})")
+        res = bench_threads(device, args, tok)
+        for n, tps, pk, mfu in res:
+            print(f"   {n} thread{'s' if n > 1 else ' '}: {tps / 1e3:5.1f}k tok/s, matmul {pk / 1e9:3.0f} GFLOP/s, "
+                  f"MFU {100 * mfu:.0f}%")
+        if not args.threads and len(res) > 1 and res[0][1] > res[-1][1]:
+            # a spinning OpenMP thread waits on one that another process has descheduled
+            torch.set_num_threads(1)
+            passive = "" if os.environ.get("OMP_WAIT_POLICY") else "; or OMP_WAIT_POLICY=PASSIVE"
+            print(f"   1 thread is faster here (another process holds a core): the rest runs on 1 thread "
+                  f"(--threads {res[-1][0]} to force{passive})")
+    threads = f", {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}" \
+        if device.type == "cpu" else ""
     peak = matmul_peak(device, 2048 if device.type == "cpu" else 8192, 2 * args.repeats + 1)
     dt = "float32" if device.type == "cpu" else "bfloat16"
-    print(f"matmul peak ({dt}, {'2048' if device.type == 'cpu' else '8192'}^2, median): {peak / 1e9:.1f} GFLOP/s")
-    print(f"memory: {memory_kind(device)}, peak (+ growth over the start of the measurement)")
+    print(f"\nmatmul peak ({dt}, {'2048' if device.type == 'cpu' else '8192'}^2, median{threads}): "
+          f"{peak / 1e9:.1f} GFLOP/s")
 
-    print(f"\n1. training step: forward + backward + clip + AdamW, batch {BATCH} x {BLOCK} tokens; "
+    print(f"\n1. training step: forward + backward + clip + AdamW, batch {BATCH} x {BLOCK} tokens{threads}; "
           f"MFU = tok/s x (6N + 12 L C T) / peak")
     rows = []
     for name, shape in configs.items():
         rows += bench_training(name, shape, device, args, peak, tok)
-    table(("config", "params", "loss", "tok/s", "ms/step", "MFU", "memory"), rows)
-    if device.type == "cpu":
-        res = bench_threads(device, args, tok)
-        print("   threads (default config, lm loss; each MFU against the peak at the same thread count):")
-        for n, tps, pk, mfu in res:
-            print(f"     {n} thread{'s' if n > 1 else ' '}: {tps / 1e3:.1f}k tok/s, peak {pk / 1e9:.0f} GFLOP/s, MFU {100 * mfu:.0f}%")
+    table(("config", "params", "loss", "tok/s", "ms/step", "MFU", "memory (model + AdamW + step)"), rows)
+    print("   loss lm: model(x, targets), nanoGPT's step; train.py: LogProbs (token_logprobs + entropy) and "
+          "gft.sft_loss, every train.py mode's path")
 
     print(f"\n2. generation: batch {GEN_BATCH}, prompt {GEN_PROMPT}, {GEN_NEW} new tokens, temperature 1, no eos "
-          f"(new tokens/s)")
-    table(("config", "cache", "recompute", "cache speed-up", "memory"),
+          f"(new tokens/s{threads})")
+    table(("config", "cache", "recompute", "cache speed-up", "memory (model + cached run)"),
           [bench_generation(name, shape, device, args, tok) for name, shape in configs.items()])
 
     steps, phases, info, mem = bench_rl(device, args, tok, args.init)
@@ -396,10 +434,11 @@ def main(argv=None):
     g, r = cfgs["gft"], cfgs["grpo"]
     model_desc = args.init or "default config, random init"
     print(f"\n3. one RL step, {g.prompts_per_step} prompts, {model_desc}, max_new_tokens {g.max_new_tokens}, "
-          f"temperature {g.temperature} (ms)")
+          f"temperature {g.temperature} (ms{threads})")
     names = {"rollouts": "rollout generation (sample)",
              "groups": "teachers, tokenise, verifier (build_groups)",
-             "forward": "flatten_groups, token_logprobs, loss, metrics",
+             "loss": "flatten_groups, loss, metrics",
+             "forward": "forward (LogProbs: token_logprobs)",
              "backward": "backward", "optimizer": "clip + AdamW", "total": "total"}
     head = (f"GFT ({g.n_expert}e+{g.n_teacher}t+{g.n_rollout}r)", f"GRPO ({r.n_rollout}r)")
     rows = [(desc, *(f"{1e3 * statistics.median(phases[m][k]):.0f}" for m in ("gft", "grpo")))
@@ -413,7 +452,9 @@ def main(argv=None):
     rows.append(("memory", *(f"{mem[m][0]:.0f} MB (+{mem[m][1]:.0f})" for m in ("gft", "grpo"))))
     table(("phase", *head), rows)
     ratio = statistics.median(phases["gft"]["total"]) / statistics.median(phases["grpo"]["total"])
-    print(f"   GFT step / GRPO step = {ratio:.2f}")
+    share = statistics.median(phases["grpo"]["rollouts"]) / statistics.median(phases["grpo"]["total"])
+    print(f"   GFT step / GRPO step = {ratio:.2f}; rollouts are {share:.0%} of the GRPO step, so halving them "
+          f"alone gives 1 - {share:.2f} / 2 = {1 - share / 2:.2f}")
     end_load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     print(f"\nbench took {time.time() - t_start:.0f} s{end_load}")
 

@@ -28,13 +28,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # --------------------------------------------------------------------------- the recipe
 # Fixed once for every method, before comparing them (README "Results" says why).
 P = 16            # prompts per step; K = 8 responses each (paper: 1 expert + 3 teacher + 4 rollouts)
-LR = 3e-4         # shared by every method (no per-method tuning)
+LRS = (3e-5, 1e-4, 3e-4)  # each method's lr: the best of these by greedy accuracy on the val split
 EVAL = ["--eval_n", "200", "--passk_problems", "64", "--passk_n", "16", "--kl_n", "64"]
 
 
 def rows(steps, n_prompts):
     """name -> (init row or 'base', train.py arguments). Init rows run first."""
-    common = ["--steps", str(steps), "--lr", str(LR), "--n_prompts", str(n_prompts), "--log_every", "10",
+    common = ["--steps", str(steps), "--n_prompts", str(n_prompts), "--log_every", "10",
               "--eval_every", str(max(10, steps // 5)), "--ckpt_every", str(steps)]
     sft = ["sft", "--batch_size", str(8 * P)]
     group = ["--prompts_per_step", str(P)]
@@ -87,7 +87,14 @@ def slug(name):
 
 
 def launch(cmd, log, threads=1):
-    """Run one train.py command; return its wall time in seconds."""
+    """Run one train.py command; return its wall time in seconds. A run whose output folder
+    already holds a final evaluation is not run again (so an interrupted repro continues)."""
+    out = cmd[cmd.index("--out") + 1]
+    if cmd[0] != "eval" and os.path.exists(os.path.join(out, "metrics.jsonl")) and \
+            any('"final"' in l for l in open(os.path.join(out, "metrics.jsonl"))):
+        with open(log) as f:
+            done = [l for l in f if l.startswith("wall ")]
+        return float(done[-1].split()[1]) if done else 0.0
     t0 = time.time()
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     with open(log, "w") as f:
@@ -95,6 +102,8 @@ def launch(cmd, log, threads=1):
                            env=env, cwd=HERE)
     if p.returncode != 0:
         raise RuntimeError(f"run failed ({p.returncode}): train.py {' '.join(cmd)}; see {log}")
+    with open(log, "a") as f:
+        f.write(f"wall {time.time() - t0:.1f} s\n")
     return time.time() - t0
 
 
@@ -140,8 +149,30 @@ def main():
     t = launch(["eval", "--init", base_ckpt, "--out", ev, "--seed", "0", *EVAL], os.path.join(out, "base_eval.log"))
     records.append(dict(row="base", seed=0, wall_s=t, metrics=_eval_json(os.path.join(out, "base_eval.log"))))
 
-    # 2. every row, in waves: a row starts once the row it starts from has finished
+    # 2. learning rates: for each method, the best of LRS by greedy accuracy on the val split
+    #    (seed 0, the full step budget); every row of that method uses it
     recipe = rows(steps, P * steps)
+    methods = {"sft": "SFT", "dft": "DFT", "gft": "GFT", "grpo": "GRPO"}
+    sweep = [(mode, lr) for mode in methods for lr in LRS]
+
+    def sweep_job(item):
+        mode, lr = item
+        run_out = os.path.join(runs_dir, f"lr_{mode}_{lr:g}")
+        cmd = [*recipe[methods[mode]][1], "--init", base_ckpt, "--out", run_out, "--seed", "0", "--lr", str(lr),
+               "--eval_split", "val", "--eval_n", "200", "--passk_problems", "8", "--passk_n", "2", "--kl_n", "8",
+               "--eval_every", "0"]
+        t = launch(cmd, run_out + ".log")
+        acc = final_metrics(run_out)[0]["acc_test"]
+        print(f"lr sweep {mode} {lr:g}: val acc {acc:.3f} ({t:.0f}s)", flush=True)
+        return dict(row=f"lr sweep: {mode}", lr=lr, seed=0, wall_s=t, metrics={"acc_val": acc})
+
+    with ThreadPoolExecutor(a.jobs) as ex:
+        sweep_records = list(ex.map(sweep_job, sweep))
+    lrs = {m: max((r for r in sweep_records if r["row"] == f"lr sweep: {m}"), key=lambda r: r["metrics"]["acc_val"])["lr"]
+           for m in methods}
+    print(f"chosen learning rates: {lrs}", flush=True)
+
+    # 3. every row, in waves: a row starts once the row it starts from has finished
     done = {("base", s): base_ckpt for s in range(seeds)}
     pending = [(name, s) for name in recipe for s in range(1 if SWEEP_ONLY(name) else seeds)]
     while pending:
@@ -151,7 +182,8 @@ def main():
         def job(item):
             name, seed = item
             run_out = os.path.join(runs_dir, f"{slug(name)}_s{seed}")
-            cmd = [*recipe[name][1], "--init", done[(recipe[name][0], seed)], "--out", run_out,
+            args = recipe[name][1]
+            cmd = [*args, "--lr", str(lrs[args[0]]), "--init", done[(recipe[name][0], seed)], "--out", run_out,
                    "--seed", str(seed), *EVAL]
             t = launch(cmd, run_out + ".log")
             fin, curve = final_metrics(run_out)
@@ -167,7 +199,7 @@ def main():
         if not wave:
             raise RuntimeError(f"rows whose init never finished: {pending}")
 
-    # 3. pass@k for k = 1..64 (Table 4): 64 samples per problem from the seed-0 checkpoints
+    # 4. pass@k for k = 1..64 (Table 4): 64 samples per problem from the seed-0 checkpoints
     passk = {}
     for name in ("base", "SFT", "GRPO", "GFT"):
         ck = base_ckpt if name == "base" else done[(name, 0)]
@@ -179,13 +211,13 @@ def main():
 
     total = time.time() - t_start
     with open(os.path.join(out, "runs.jsonl"), "w") as f:
-        for r in records:
+        for r in sweep_records + records:
             f.write(json.dumps({k: v for k, v in r.items() if k != "curve"}) + "\n")
     with open(os.path.join(out, "curves.jsonl"), "w") as f:
         for r in records:
             if r.get("curve") and r["seed"] == 0:
                 f.write(json.dumps({"row": r["row"], "curve": r["curve"]}) + "\n")
-    md = report(records, passk, seeds, steps, base_steps, total, a.quick)
+    md = report(records, passk, seeds, steps, base_steps, total, a.quick, sweep_records, lrs)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(md)
     print(md)
@@ -210,14 +242,18 @@ def _eval_json(log):
     return json.loads(text[text.index("{"):text.rindex("}") + 1])
 
 
-def report(records, passk, seeds, steps, base_steps, total, quick):
+def report(records, passk, seeds, steps, base_steps, total, quick, sweep_records, lrs):
     by = {}
     for r in records:
         by.setdefault(r["row"], []).append(r)
     lines = [f"# Results: GFT in miniature ({'quick' if quick else 'full'} run)", "",
-             f"One base model ({base_steps} pretraining steps), then {steps} optimiser steps per run at lr {LR}, "
+             f"One base model ({base_steps} pretraining steps), then {steps} optimiser steps per run, "
              f"{P} prompts x 8 responses per step (SFT/DFT: {8 * P} demonstrations per step). "
-             f"Cells: mean over {seeds} seed(s), spread = min..max over seeds. Wall time: {total / 60:.1f} min.", ""]
+             f"Cells: mean over {seeds} seed(s), spread = min..max over seeds. Wall time: {total / 60:.1f} min.", "",
+             "Learning rate per method: the best of " + ", ".join(f"{x:g}" for x in LRS) + " by greedy accuracy on "
+             "the val split (seed 0): " + "; ".join(
+                 f"{m} " + " / ".join(f"{r['lr']:g}: {r['metrics']['acc_val']:.3f}" for r in sweep_records
+                                       if r["row"] == f"lr sweep: {m}") + f" -> {lrs[m]:g}" for m in lrs) + ".", ""]
     for title, names in TABLES.items():
         lines += [f"## {title}", "", "| row | " + " | ".join(COLS) + " | wall s |", "|---" * (len(COLS) + 2) + "|"]
         for n in names:

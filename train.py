@@ -101,6 +101,8 @@ class Config:
     eval_every: int = opt(0, "steps between held-out evaluations (0 = only at the end)", lo=0)
     ckpt_every: int = opt(50, "steps between checkpoints (one is always written at the end)", lo=1)
     eval_n: int = opt(200, "problems per evaluation split (greedy accuracy)", lo=1)
+    eval_split: str = opt("test", "held-out split to report as acc_test: test, or val for choosing settings",
+                          choices=("test", "val"))
     passk_problems: int = opt(64, "held-out problems sampled for pass@k, entropy and paths", lo=1)
     passk_n: int = opt(16, "samples per problem for pass@k (k = 1, 2, 4, ... <= n)", lo=1)
     kl_n: int = opt(64, "problems per split (test, probe) whose solutions anchor KL(base || model)", lo=1)
@@ -109,15 +111,17 @@ class Config:
 MODE_DEFAULTS = {  # steps and lr per mode; --steps / --lr override
     "pretrain": dict(steps=1500, lr=1e-3, warmup=100),  # 2e-3 and up stalled; 1500 keeps the base in
     # the band GFT needs (held-out pass@1 0.34: mixed-reward groups), ~2 min on 2 cores
-    "sft": dict(steps=150, lr=3e-4),
+    # fine-tuning lr: the best of 3e-5 / 1e-4 / 3e-4 per method on the val split (repro.py's sweep,
+    # 80 steps, README "Results"); policy-gradient updates need the small one, GRPO at 3e-4 collapsed
+    "sft": dict(steps=150, lr=3e-5),
     "dft": dict(steps=150, lr=3e-4),
-    "gft": dict(steps=150, lr=3e-4),
-    "grpo": dict(steps=150, lr=3e-4),
+    "gft": dict(steps=150, lr=3e-5),
+    "grpo": dict(steps=150, lr=3e-5),
     "eval": dict(steps=0, lr=0.0),
     "demo": dict(steps=0, lr=0.0),
 }
 RUN_KEYS_IGNORED_ON_RESUME = {"resume", "override", "device", "compile", "log_every", "eval_every",
-                              "ckpt_every", "eval_n", "passk_problems", "passk_n", "kl_n"}
+                              "ckpt_every", "eval_n", "eval_split", "passk_problems", "passk_n", "kl_n"}
 
 
 def parse_args(argv=None):
@@ -262,7 +266,7 @@ def load_problems(cfg, tok, block_size):
         return {"train": probs[:-n_test], "test": probs[-n_test:]}
     task = D.TaskConfig(teacher_error=cfg.teacher_error)
     return {"train": D.make_split("train", cfg.n_prompts, seed=cfg.seed),
-            "test": D.make_split("test", cfg.eval_n, seed=0),  # seed 0: every run evaluates the same problems
+            "test": D.make_split(cfg.eval_split, cfg.eval_n, seed=0),  # seed 0: every run evaluates the same problems
             "ood": D.make_split("ood", cfg.eval_n, seed=0),
             "probe": D.make_split("probe", cfg.eval_n, seed=0),
             "task": task}
@@ -392,10 +396,11 @@ def train_step(model, logprob_fn, tok, cfg, step, pool, ref_model, rank, world):
         groups, info = build_groups(model, tok, probs, cfg, step, n_e, n_t, cfg.n_rollout)
     batch = gft.flatten_groups(groups, tok.pad_id, scale=cfg.adv_scale)
     dev = next(model.parameters()).device
-    tokens, mask = batch.tokens.to(dev), batch.resp_mask[:, 1:].to(dev)  # (N, L), (N, L-1)
+    tokens, resp = batch.tokens.to(dev), batch.resp_mask.to(dev)  # (N, L) each, copied once
+    mask = resp[:, 1:]  # (N, L-1) loss mask
     adv = batch.advantages.to(dev)  # (N,)
     with autocast(dev):
-        lp, ent = logprob_fn(tokens, batch.resp_mask.to(dev))  # (N, L-1) each
+        lp, ent = logprob_fn(tokens, resp)  # (N, L-1) each
     if cfg.mode in ("pretrain", "sft"):
         loss = gft.sft_loss(lp, mask)
     elif cfg.mode == "dft":
@@ -406,7 +411,7 @@ def train_step(model, logprob_fn, tok, cfg, step, pool, ref_model, rank, world):
         ref = None
         if cfg.kl_beta > 0:
             with torch.no_grad(), autocast(dev):
-                ref, _ = ref_model.token_logprobs(tokens, batch.resp_mask.to(dev), with_entropy=False)
+                ref, _ = ref_model.token_logprobs(tokens, resp, with_entropy=False)
         loss = gft.grpo_loss(lp, lp.detach(), adv, mask, cfg.clip_eps, ref, cfg.kl_beta, agg=cfg.agg)
     agg = "token-mean" if cfg.mode in ("pretrain", "sft", "dft") else cfg.agg
     loss = loss * ddp_weight(mask, agg, world)

@@ -88,7 +88,7 @@ def test_resume_after_interruption_equals_uninterrupted_run_bitwise(base, tmp_pa
 def test_resume_with_changed_settings_is_an_error_unless_overridden(base, tmp_path):
     out = str(tmp_path / "r")
     run("sft", "--init", base, "--out", out, "--steps", "2", "--batch_size", "4")
-    with pytest.raises(ValueError, match=r"lr: 0.0003 -> 0.001"):
+    with pytest.raises(ValueError, match=r"lr: 3e-05 -> 0.001"):
         run("sft", "--init", base, "--out", out, "--steps", "2", "--batch_size", "4", "--lr", "1e-3", "--resume", "true")
     run("sft", "--init", base, "--out", out, "--steps", "3", "--batch_size", "4", "--resume", "true", "--override", "true")
     assert train.load_checkpoint(os.path.join(out, "ckpt.pt"))["step"] == 3
