@@ -620,7 +620,7 @@ def run(cfg):
         print(f"{cfg.mode}: {cfg.steps} steps on {device} x{world}, {model.num_params() / 1e6:.2f}M params "
               f"(non-embedding), lr {cfg.lr:g}, out {cfg.out}")
     model.train()
-    t_last, tok_count = time.time(), 0
+    t_last, tok_count, logged = time.time(), 0, start
     for step in range(start, cfg.steps):
         torch.manual_seed(cfg.seed * 100003 + step)  # dropout, if any: a function of the step
         for g in optim.param_groups:
@@ -645,17 +645,17 @@ def run(cfg):
             optim.step()
         tok_count += m["tokens"] * world
         last = step + 1 == cfg.steps
-        if cfg.eval_every and ((step + 1) % cfg.eval_every == 0) and not last and master:
-            m.update(evaluate(model, tok, splits, cfg, base, full=False))
-        if ((step + 1) % cfg.log_every == 0 or last) and master:
-            dt = time.time() - t_last
-            n = (step + 1 - start) % cfg.log_every or cfg.log_every
+        evaluated = bool(cfg.eval_every) and (step + 1) % cfg.eval_every == 0 and not last
+        if ((step + 1) % cfg.log_every == 0 or evaluated or last) and master:  # an evaluation is always logged
+            dt = time.time() - t_last  # training time since the last line; evaluation not included
             m.update(step=step + 1, grad_norm=gnorm.item(), lr=lr_at(step, cfg), skipped=skipped,
-                     ms_per_step=1000 * dt / n, tok_per_s=tok_count / dt)
+                     ms_per_step=1000 * dt / (step + 1 - logged), tok_per_s=tok_count / dt)
+            if evaluated:
+                m.update(evaluate(model, tok, splits, cfg, base, full=False))
             print(f"step {step + 1}/{cfg.steps} | {fmt(m)}", flush=True)
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(m) + "\n")
-            t_last, tok_count = time.time(), 0
+            t_last, tok_count, logged = time.time(), 0, step + 1
         if (step + 1) % cfg.ckpt_every == 0 or last:
             checkpoint(step + 1)
     r = {}

@@ -131,3 +131,15 @@ def test_two_ddp_processes_match_one_process_on_the_same_global_batch(base, tmp_
     a, b = weights(str(tmp_path / "one" / "ckpt.pt")), weights(str(tmp_path / "two" / "ckpt.pt"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+def test_every_evaluation_during_training_is_logged(base, tmp_path):
+    out = str(tmp_path / "ev")
+    fast = FAST[:FAST.index("--log_every")]  # everything but the log interval and the rollout length
+    train.main(["sft", "--init", base, "--out", out, "--steps", "4", "--batch_size", "4", "--eval_every", "3",
+                *fast, "--log_every", "2", "--max_new_tokens", "48"])
+    rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
+    logged = {r["step"]: r for r in rows if "step" in r and "final" not in r}
+    assert sorted(logged) == [2, 3, 4]  # step 3 is not a log step, but it was evaluated
+    assert "acc_test" in logged[3] and "kl_base" in logged[3] and "acc_test" not in logged[2]
+    assert all(r["ms_per_step"] > 0 for r in logged.values())
