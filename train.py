@@ -264,12 +264,10 @@ def load_problems(cfg, tok, block_size):
         if len(probs) < 2:
             raise ValueError(f"{cfg.data}: need at least 2 records (train + test), got {len(probs)}")
         return {"train": probs[:-n_test], "test": probs[-n_test:]}
-    task = D.TaskConfig(teacher_error=cfg.teacher_error)
     return {"train": D.make_split("train", cfg.n_prompts, seed=cfg.seed),
             "test": D.make_split(cfg.eval_split, cfg.eval_n, seed=0),  # seed 0: every run evaluates the same problems
             "ood": D.make_split("ood", cfg.eval_n, seed=0),
-            "probe": D.make_split("probe", cfg.eval_n, seed=0),
-            "task": task}
+            "probe": D.make_split("probe", cfg.eval_n, seed=0)}
 
 
 def check_fits(tok, problems, max_new_tokens, block_size):
@@ -695,7 +693,7 @@ def demo(cfg):
     the same number of trained sequences per step, then one table. Under 10 minutes on 2 CPU
     cores. Only --out, --seed, --device and the evaluation sizes apply; the recipe is fixed."""
     print("demo: pretrain a base model (or reuse one), fine-tune it with SFT and with GFT on the same\n"
-          "prompts, evaluate all three. About 8 minutes on 2 CPU cores (about 3 when the base is reused).")
+          "prompts, evaluate all three. About 5 minutes on 2 CPU cores (about 2.5 when the base is reused).")
     t0 = time.time()
     root = cfg.out
     base_ckpt = os.path.join(root, "base", "ckpt.pt")
