@@ -1,7 +1,7 @@
 """Reproduce the paper's claims in miniature: every row, several seeds, one command.
 
     python repro.py            # full: 3 seeds, about an hour on 2 CPU cores
-    python repro.py --quick    # 1 seed, shorter runs, same rows (about 15 minutes)
+    python repro.py --quick    # 1 seed, 30-step runs, same rows, no lr sweep (see README)
 
 One base model (pretrained once, seed 1337) is shared by every method. Every fine-tuning run
 gets the same budget: STEPS optimiser steps of the same number of trained sequences
@@ -30,6 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 P = 16            # prompts per step; K = 8 responses each (paper: 1 expert + 3 teacher + 4 rollouts)
 LRS = (3e-5, 1e-4, 3e-4)  # each method's lr: the best of these by greedy accuracy on the val split
 EVAL = ["--eval_n", "200", "--passk_problems", "64", "--passk_n", "16", "--kl_n", "64"]
+QUICK_EVAL = ["--eval_n", "100", "--passk_problems", "32", "--passk_n", "16", "--kl_n", "32"]
 
 
 def rows(steps, n_prompts):
@@ -131,6 +132,7 @@ def main():
     out = a.out or os.path.join(HERE, "results", "quick" if a.quick else "")
     if a.jobs < 1 or seeds < 1 or steps < 1:
         raise SystemExit("--jobs, --seeds and --steps must be >= 1")
+    ev_args = QUICK_EVAL if a.quick else EVAL
     os.makedirs(out, exist_ok=True)
     runs_dir = os.path.join(out, "runs")
     t_start = time.time()
@@ -142,11 +144,11 @@ def main():
     base_ckpt = os.path.join(base_dir, "ckpt.pt")
     records = []
     base_cmd = ["pretrain", "--out", base_dir, "--steps", str(base_steps), "--log_every", "100",
-                "--ckpt_every", "500", "--resume", "true", *EVAL]  # train.py's default seed, 1337
+                "--ckpt_every", "500", "--resume", "true", *ev_args]  # train.py's default seed, 1337
     t = launch(base_cmd, os.path.join(out, "base.log")) if not _finished(base_dir, base_steps) else 0.0
     print(f"base: pretrained in {t:.0f}s ({base_steps} steps)", flush=True)
     ev = os.path.join(runs_dir, "base_eval")
-    t = launch(["eval", "--init", base_ckpt, "--out", ev, "--seed", "0", *EVAL], os.path.join(out, "base_eval.log"))
+    t = launch(["eval", "--init", base_ckpt, "--out", ev, "--seed", "0", *ev_args], os.path.join(out, "base_eval.log"))
     records.append(dict(row="base", seed=0, wall_s=t, metrics=_eval_json(os.path.join(out, "base_eval.log"))))
 
     # 2. learning rates: for each method, the best of LRS by greedy accuracy on the val split
@@ -166,10 +168,14 @@ def main():
         print(f"lr sweep {mode} {lr:g}: val acc {acc:.3f} ({t:.0f}s)", flush=True)
         return dict(row=f"lr sweep: {mode}", lr=lr, seed=0, wall_s=t, metrics={"acc_val": acc})
 
-    with ThreadPoolExecutor(a.jobs) as ex:
-        sweep_records = list(ex.map(sweep_job, sweep))
-    lrs = {m: max((r for r in sweep_records if r["row"] == f"lr sweep: {m}"), key=lambda r: r["metrics"]["acc_val"])["lr"]
-           for m in methods}
+    if a.quick:  # no sweep: the rates the full run's sweep chose, kept in train.py's MODE_DEFAULTS
+        from train import MODE_DEFAULTS
+        sweep_records, lrs = [], {m: MODE_DEFAULTS[m]["lr"] for m in methods}
+    else:
+        with ThreadPoolExecutor(a.jobs) as ex:
+            sweep_records = list(ex.map(sweep_job, sweep))
+        lrs = {m: max((r for r in sweep_records if r["row"] == f"lr sweep: {m}"), key=lambda r: r["metrics"]["acc_val"])["lr"]
+               for m in methods}
     print(f"chosen learning rates: {lrs}", flush=True)
 
     # 3. every row, in waves: a row starts once the row it starts from has finished
@@ -184,7 +190,7 @@ def main():
             run_out = os.path.join(runs_dir, f"{slug(name)}_s{seed}")
             args = recipe[name][1]
             cmd = [*args, "--lr", str(lrs[args[0]]), "--init", done[(recipe[name][0], seed)], "--out", run_out,
-                   "--seed", str(seed), *EVAL]
+                   "--seed", str(seed), *ev_args]
             t = launch(cmd, run_out + ".log")
             fin, curve = final_metrics(run_out)
             print(f"{name} (seed {seed}): {t:.0f}s | acc {fin['acc_test']:.3f} | ood {fin['acc_ood']:.3f} | "
@@ -205,7 +211,8 @@ def main():
         ck = base_ckpt if name == "base" else done[(name, 0)]
         log = os.path.join(out, f"passk_{slug(name)}.log")
         t = launch(["eval", "--init", ck, "--out", os.path.join(runs_dir, f"passk_{slug(name)}"), "--seed", "0",
-                    "--eval_n", "16", "--passk_problems", "64", "--passk_n", "64", "--kl_n", "8"], log)
+                    "--eval_n", "16", "--passk_problems", "32" if a.quick else "64",
+                    "--passk_n", "16" if a.quick else "64", "--kl_n", "8"], log)
         passk[name] = {k: v for k, v in _eval_json(log).items() if k.startswith("pass@")}
         print(f"pass@k {name}: {t:.0f}s", flush=True)
 
@@ -250,10 +257,12 @@ def report(records, passk, seeds, steps, base_steps, total, quick, sweep_records
              f"One base model ({base_steps} pretraining steps), then {steps} optimiser steps per run, "
              f"{P} prompts x 8 responses per step (SFT/DFT: {8 * P} demonstrations per step). "
              f"Cells: mean over {seeds} seed(s), spread = min..max over seeds. Wall time: {total / 60:.1f} min.", "",
-             "Learning rate per method: the best of " + ", ".join(f"{x:g}" for x in LRS) + " by greedy accuracy on "
+             ("Learning rates: train.py's MODE_DEFAULTS, which the full run's sweep chose: " +
+              ", ".join(f"{m} {lr:g}" for m, lr in lrs.items()) + "." if not sweep_records else
+              "Learning rate per method: the best of " + ", ".join(f"{x:g}" for x in LRS) + " by greedy accuracy on "
              "the val split (seed 0): " + "; ".join(
                  f"{m} " + " / ".join(f"{r['lr']:g}: {r['metrics']['acc_val']:.3f}" for r in sweep_records
-                                       if r["row"] == f"lr sweep: {m}") + f" -> {lrs[m]:g}" for m in lrs) + ".", ""]
+                                       if r["row"] == f"lr sweep: {m}") + f" -> {lrs[m]:g}" for m in lrs) + "."), ""]
     for title, names in TABLES.items():
         lines += [f"## {title}", "", "| row | " + " | ".join(COLS) + " | wall s |", "|---" * (len(COLS) + 2) + "|"]
         for n in names:
@@ -273,7 +282,7 @@ def report(records, passk, seeds, steps, base_steps, total, quick, sweep_records
             lines.append(f"| {n} | " + " | ".join(cells) + f" | {wall:.0f} |")
         lines.append("")
     ks = sorted({int(k.split("@")[1]) for v in passk.values() for k in v if k.count("@") == 1 and "strict" not in k})
-    lines += ["## Table 4: pass@k from 64 samples per problem (seed 0, 64 held-out problems)", "",
+    lines += [f"## Table 4: pass@k from {max(ks, default=0)} samples per problem (seed 0, held-out problems)", "",
               "| model | " + " | ".join(f"pass@{k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
     for name, v in passk.items():
         lines.append(f"| {name} | " + " | ".join(f"{v.get(f'pass@{k}', float('nan')):.3f}" for k in ks) + " |")

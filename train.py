@@ -22,7 +22,6 @@ rename not done) or nan_loss (the loss of step N multiplied by NaN).
 """
 import argparse
 import contextlib
-import copy
 import dataclasses
 import hashlib
 import json
