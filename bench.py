@@ -125,8 +125,8 @@ def _proc_status(key):
             for line in f:
                 if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    except OSError:  # no /proc: fall through to what getrusage reports
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
