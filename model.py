@@ -103,7 +103,7 @@ def rotate(x, rot):
     As a complex product (x1 + i x2)(cos + i sin) = (x1 cos - x2 sin) + i (x1 sin + x2 cos):
     the same arithmetic as slicing out x1 and x2 and stacking the two results (bitwise equal
     on CPU, gradients too), without the strided slices and the stack that made rotary ~15% of
-    a CPU training step (~5% this way; bench.py).
+    a CPU training step (~5% this way; experiments/bench.py).
     """
     x32 = x.to(torch.promote_types(x.dtype, torch.float32))  # bfloat16 under autocast has no complex type
     pairs = torch.view_as_complex(x32.unflatten(-1, (-1, 2)))  # (B, nh, T, hs/2), a view when x is float32

@@ -110,7 +110,7 @@ class Config:
 MODE_DEFAULTS = {  # steps and lr per mode; --steps / --lr override
     "pretrain": dict(steps=1500, lr=1e-3, warmup=100),  # 2e-3 and up stalled; 1500 keeps the base in
     # the band GFT needs (held-out pass@1 0.34: mixed-reward groups), ~2 min on 2 cores
-    # fine-tuning lr: the best of 3e-5 / 1e-4 / 3e-4 per method on the val split (repro.py's sweep,
+    # fine-tuning lr: the best of 3e-5 / 1e-4 / 3e-4 per method on the val split (experiments/repro.py sweep,
     # 80 steps, README "Results"); policy-gradient updates need the small one, GRPO at 3e-4 collapsed
     "sft": dict(steps=150, lr=3e-5),
     "dft": dict(steps=150, lr=3e-4),

@@ -104,7 +104,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import gft  # noqa: E402
-import grad_explosion  # noqa: E402
+sys.path.insert(0, os.path.join(ROOT, "experiments")); import grad_explosion  # noqa: E402  (temporary; issue 14 moves this)
 import train  # noqa: E402
 
 TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "96"]

@@ -10,7 +10,12 @@ gft.flatten_groups gives the advantages. The three token probabilities are fixed
 illustrative values, not a model's: they go through gft.dcr_coefficient at three taus.
 tests/test_readme.py checks that this output appears verbatim in README.md.
 """
+import os
 import random
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the core files live one folder up
+sys.path.insert(0, ROOT)
 
 import torch
 

@@ -13,6 +13,11 @@ contributions can cancel, so a smaller sum of scaled terms is not guaranteed).
 """
 import argparse
 import math
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the core files live one folder up
+sys.path.insert(0, ROOT)
 
 import torch
 import torch.nn.functional as F

@@ -37,7 +37,11 @@ import gc
 import os
 import resource
 import statistics
+import sys
 import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the core files live one folder up
+sys.path.insert(0, ROOT)
 
 import torch
 

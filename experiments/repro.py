@@ -23,7 +23,9 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the core files live one folder up
+sys.path.insert(0, ROOT)
+
 
 # --------------------------------------------------------------------------- the recipe
 # Fixed once for every method, before comparing them (README "Results" says why).
@@ -99,8 +101,8 @@ def launch(cmd, log, threads=1):
     t0 = time.time()
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     with open(log, "w") as f:
-        p = subprocess.run([sys.executable, os.path.join(HERE, "train.py"), *cmd], stdout=f, stderr=subprocess.STDOUT,
-                           env=env, cwd=HERE)
+        p = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *cmd], stdout=f, stderr=subprocess.STDOUT,
+                           env=env, cwd=ROOT)
     if p.returncode != 0:
         raise RuntimeError(f"run failed ({p.returncode}): train.py {' '.join(cmd)}; see {log}")
     with open(log, "a") as f:
@@ -129,7 +131,7 @@ def main():
     seeds = 1 if a.quick else a.seeds
     steps = a.steps or (30 if a.quick else 80)
     base_steps = a.base_steps or BASE_STEPS
-    out = a.out or os.path.join(HERE, "results", "quick" if a.quick else "")
+    out = a.out or os.path.join(ROOT, "results", "quick" if a.quick else "")
     if a.jobs < 1 or seeds < 1 or steps < 1:
         raise SystemExit("--jobs, --seeds and --steps must be >= 1")
     ev_args = QUICK_EVAL if a.quick else EVAL
