@@ -80,6 +80,8 @@ class Config:
     lr: float = opt(0.0, "peak learning rate; 0 = the mode's default (MODE_DEFAULTS)", lo=0.0, hi=1.0)
     warmup: int = opt(-1, "linear warm-up steps, then cosine decay to lr * min_lr_ratio; -1 = mode default", lo=-1)
     min_lr_ratio: float = opt(0.1, "final lr / peak lr", lo=0.0, hi=1.0)
+    schedule: str = opt("", "lr after warm-up: cosine (decay to lr * min_lr_ratio at --steps) or constant; "
+                        "'' = the mode's default", choices=("", "cosine", "constant"))
     weight_decay: float = opt(0.0, "AdamW decay of matrices (fine-tuning default 0: stay near the base)", lo=0.0, hi=1.0)
     grad_clip: float = opt(1.0, "clip the global grad norm to this (0 = off)", lo=0.0)
     skip_nonfinite: bool = opt(False, "skip (and count) a step whose loss or grad is NaN/inf instead of stopping")
@@ -95,6 +97,11 @@ class Config:
     agg: str = opt("token-mean", "loss aggregation", choices=gft.AGGS)
     clip_eps: float = opt(0.2, "grpo: PPO ratio clip", lo=0.0, hi=1.0)
     kl_beta: float = opt(0.0, "grpo: weight of the k3 KL to the --init model", lo=0.0)
+    # the pretraining gate: train until the base can sometimes solve held-out problems (README "The base model")
+    gate_pass1: float = opt(0.2, "pretrain: stop at the first check where val pass@1 at T=1 reaches this "
+                            "(0 = no gate: run all --steps)", lo=0.0, hi=1.0)
+    gate_every: int = opt(250, "pretrain: steps between gate checks", lo=1)
+    gate_n: int = opt(64, "pretrain: val problems per gate check (4 samples each)", lo=1)
     # logging and evaluation
     log_every: int = opt(10, "steps between progress lines", lo=1)
     eval_every: int = opt(0, "steps between held-out evaluations (0 = only at the end)", lo=0)
@@ -108,8 +115,8 @@ class Config:
 
 
 MODE_DEFAULTS = {  # steps and lr per mode; --steps / --lr override
-    "pretrain": dict(steps=1500, lr=1e-3, warmup=100),  # 2e-3 and up stalled; 1500 keeps the base in
-    # the band GFT needs (held-out pass@1 0.34: mixed-reward groups), ~2 min on 2 cores
+    "pretrain": dict(steps=6000, lr=1e-3, warmup=100, schedule="constant"),  # steps is the gate's cap: the
+    # gate (--gate_pass1) stops pretraining when the base can sometimes solve val problems; 2e-3 and up stalled
     # fine-tuning lr: the best of 3e-5 / 1e-4 / 3e-4 per method on the val split (experiments/repro.py sweep,
     # 80 steps, README "Results"); policy-gradient updates need the small one, GRPO at 3e-4 collapsed
     "sft": dict(steps=150, lr=3e-5),
@@ -165,6 +172,7 @@ def check_config(cfg):
     cfg.steps = cfg.steps or d["steps"]
     cfg.lr = cfg.lr or d["lr"]
     cfg.warmup = d.get("warmup", 20) if cfg.warmup == -1 else cfg.warmup
+    cfg.schedule = cfg.schedule or d.get("schedule", "cosine")
     if cfg.mode not in ("eval", "demo") and cfg.steps < 1:
         raise ValueError(f"--steps must be >= 1 for mode {cfg.mode}")
     if cfg.n_rollout == -1:
@@ -503,6 +511,49 @@ def evaluate(model, tok, splits, cfg, base=None, full=True):
     return r
 
 
+# ----------------------------------------------------------------------------- the base model's band
+
+# GFT and GRPO learn from groups with mixed rewards, so the base must sometimes be right and
+# sometimes wrong: held-out pass@1 at temperature 1 inside BASE_BAND, greedy accuracy at most
+# BASE_GREEDY_MAX (a saturated base leaves nothing to learn). Learning to carry arrives as a sudden
+# drop in loss whose timing varies with the seed, the thread count and the processor, so
+# pretraining runs until the val split shows it (the gate), not for a fixed number of steps.
+BASE_BAND = (0.10, 0.50)
+BASE_GREEDY_MAX = 0.95
+
+
+@torch.no_grad()
+def gate_check(model, tok, problems, cfg, step):
+    """The gate's measurement on val problems: pass@1 at T=1 from 4 samples each, and greedy accuracy."""
+    gen = torch_gen(cfg.seed, step, "gate", next(model.parameters()).device)
+    outs, _ = sample(model, tok, [p.prompt for p in problems], 4, 1.0, cfg.max_new_tokens, gen)
+    right = [D.verify(tok.decode_response(o), problems[i // 4].answer) for i, o in enumerate(outs)]
+    acc, _ = greedy_accuracy(model, tok, problems, cfg.max_new_tokens)
+    return {"val_pass@1": sum(right) / len(right), "val_acc": acc}
+
+
+def base_band_problem(r):
+    """'' when held-out metrics r (evaluate's) are in the band GFT needs, else what is wrong and what to do."""
+    p1, acc = r["pass@1"], r["acc_test"]
+    lo, hi = BASE_BAND
+    if p1 < lo:
+        return (f"held-out pass@1 {p1:.3f} is below {lo} (greedy accuracy {acc:.3f}): the base has not learned "
+                f"the task yet, so GFT's groups would have no reward. Pretrain longer (raise --steps, the gate's "
+                f"cap) or try another --seed")
+    if p1 > hi or acc > BASE_GREEDY_MAX:
+        return (f"held-out pass@1 {p1:.3f} (band [{lo}, {hi}]) and greedy accuracy {acc:.3f} (at most "
+                f"{BASE_GREEDY_MAX}): the base already solves the task, so fine-tuning has little to show. "
+                f"Pretrain with a lower --gate_pass1 or --gate_every")
+    return ""
+
+
+def require_base_in_band(r, path):
+    """Stop (SystemExit with the measured figures) when the base at path is outside its band."""
+    problem = base_band_problem(r)
+    if problem:
+        raise SystemExit(f"error: base model {path} is outside the band GFT needs: {problem}.")
+
+
 # ----------------------------------------------------------------------------- the run
 
 def setup_distributed(cfg):
@@ -520,9 +571,11 @@ def setup_distributed(cfg):
 
 
 def lr_at(step, cfg):
-    """Linear warm-up, then cosine decay to lr * min_lr_ratio."""
+    """Linear warm-up, then constant, or cosine decay to lr * min_lr_ratio at --steps."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.schedule == "constant":
+        return cfg.lr
     t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
@@ -567,7 +620,11 @@ def run(cfg):
 
     if cfg.mode == "eval":
         r = evaluate(model, tok, splits, cfg, base)
+        r["step"] = init["step"]  # the checkpoint's: how long its model was trained
         if master:
+            os.makedirs(cfg.out, exist_ok=True)
+            with open(os.path.join(cfg.out, "metrics.jsonl"), "w") as f:
+                f.write(json.dumps({"final": r}) + "\n")
             print(json.dumps(r, indent=1))
         return r
 
@@ -577,7 +634,7 @@ def run(cfg):
                                {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
     ckpt_path = os.path.join(cfg.out, "ckpt.pt")
     metrics_path = os.path.join(cfg.out, "metrics.jsonl")
-    start, skipped = 0, 0
+    start, skipped, finished, gate = 0, 0, False, None
     if cfg.resume and os.path.exists(ckpt_path):
         ck = load_checkpoint(ckpt_path)
         changed = {k: (ck["config"].get(k), v) for k, v in dataclasses.asdict(cfg).items()
@@ -589,6 +646,7 @@ def run(cfg):
         model.load_state_dict(ck["model"])
         optim.load_state_dict(ck["optimizer"])
         start, skipped = ck["step"], ck.get("skipped", 0)
+        finished, gate = ck.get("finished", start >= cfg.steps), ck.get("gate")  # a gated run may end early
         if master:
             print(f"resumed {ckpt_path} at step {start}")
     elif cfg.resume and master:
@@ -600,10 +658,12 @@ def run(cfg):
     if cfg.compile:
         logprob_fn = torch.compile(logprob_fn)
 
+    gate_probs = D.make_split("val", cfg.gate_n, seed=0) if cfg.mode == "pretrain" and cfg.gate_pass1 > 0 else None
+
     def checkpoint(step):
         if master:
             save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=optim.state_dict(), step=step,
-                            skipped=skipped, config=dataclasses.asdict(cfg),
+                            skipped=skipped, finished=finished, gate=gate, config=dataclasses.asdict(cfg),
                             model_config=dataclasses.asdict(model.config), base=base_info,
                             tokenizer=cfg.tokenizer)
 
@@ -618,7 +678,7 @@ def run(cfg):
               f"(non-embedding), lr {cfg.lr:g}, out {cfg.out}")
     model.train()
     t_last, tok_count, logged = time.time(), 0, start
-    for step in range(start, cfg.steps):
+    for step in range(start, cfg.steps if not finished else start):
         torch.manual_seed(cfg.seed * 100003 + step)  # dropout, if any: a function of the step
         for g in optim.param_groups:
             g["lr"] = lr_at(step, cfg)
@@ -653,12 +713,34 @@ def run(cfg):
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(m) + "\n")
             t_last, tok_count, logged = time.time(), 0, step + 1
-        if (step + 1) % cfg.ckpt_every == 0 or last:
+        if gate_probs is not None and ((step + 1) % cfg.gate_every == 0 or last):
+            t_gate = time.time()
+            g = gate_check(model, tok, gate_probs, cfg, step + 1) if master else {}
+            met = rank0_says(master and g["val_pass@1"] >= cfg.gate_pass1, world, device)
+            gate = dict(met=met, step=step + 1, target=cfg.gate_pass1, **g)
+            if master:
+                print(f"gate at step {step + 1}: val pass@1 {g['val_pass@1']:.3f} (target {cfg.gate_pass1}), "
+                      f"val greedy {g['val_acc']:.3f}: {'met, pretraining stops' if met else 'not yet'}", flush=True)
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps({"step": step + 1, "gate": gate}) + "\n")
+            finished = met or last
+            t_last += time.time() - t_gate  # ms/step and tok/s count training time only
+        else:
+            finished = last
+        if (step + 1) % cfg.ckpt_every == 0 or finished:
             checkpoint(step + 1)
+        if finished:
+            break
     r = {}
     if master:
+        if gate is not None and not gate["met"]:
+            print(f"WARNING: the pretraining gate was not met in {cfg.steps} steps (val pass@1 "
+                  f"{gate['val_pass@1']:.3f} < {cfg.gate_pass1}): this base is not ready for fine-tuning; "
+                  f"resume with a larger --steps (--resume true --override true) or try another --seed")
         r = evaluate(model, tok, splits, cfg, base)
-        r["step"] = cfg.steps
+        r["step"] = gate["step"] if gate else cfg.steps
+        if gate is not None:
+            r["gate"] = gate
         with open(metrics_path, "a") as f:
             f.write(json.dumps({"final": r}) + "\n")
         print(f"final | {fmt(r)} | " + " | ".join(f"{k} {v:.3f}" for k, v in r.items()
@@ -668,6 +750,15 @@ def run(cfg):
     if world > 1:
         dist.barrier()
     return r
+
+
+def rank0_says(flag, world, device):
+    """Rank 0's decision on every rank (each rank must leave the loop at the same step)."""
+    if world == 1:
+        return bool(flag)
+    t = torch.tensor([int(flag)], device=device)
+    dist.broadcast(t, 0)
+    return bool(t.item())
 
 
 def _trim_metrics(path, step):
@@ -699,11 +790,12 @@ def demo(cfg):
     common = dict(seed=cfg.seed, device=cfg.device, eval_n=cfg.eval_n, passk_problems=cfg.passk_problems,
                   passk_n=cfg.passk_n, kl_n=cfg.kl_n)
     rows = {}
-    if os.path.exists(base_ckpt) and load_checkpoint(base_ckpt)["step"] >= MODE_DEFAULTS["pretrain"]["steps"]:
+    if os.path.exists(base_ckpt) and load_checkpoint(base_ckpt).get("finished"):
         print(f"reusing base model {base_ckpt} (delete it to retrain)")
     else:
         run(check_config(Config(mode="pretrain", out=os.path.dirname(base_ckpt), resume=True, log_every=250, **common)))
     rows["base"] = run(check_config(Config(mode="eval", init=base_ckpt, **common)))
+    require_base_in_band(rows["base"], base_ckpt)  # a base outside the band makes the table meaningless
     group = Config.prompts_per_step * (Config.n_expert + Config.n_teacher + 4)  # sequences per GFT step
     for mode, extra in (("sft", dict(batch_size=group)), ("gft", {})):
         c = check_config(Config(mode=mode, init=base_ckpt, out=os.path.join(root, mode), log_every=25, **common, **extra))

@@ -3,7 +3,9 @@
     python repro.py            # full: 3 seeds, about an hour on 2 CPU cores
     python repro.py --quick    # 1 seed, 30-step runs, same rows, no lr sweep (see README)
 
-One base model (pretrained once, seed 1337) is shared by every method. Every fine-tuning run
+Each seed s has its own base model, pretrained with seed 1337 + s until train.py's gate is met,
+and every method of seed s starts from it, so the spread over seeds includes the base's. A
+base outside the band GFT needs stops the reproduction. Every fine-tuning run
 gets the same budget: STEPS optimiser steps of the same number of trained sequences
 (P prompts x K = 8 responses for group methods; P x 8 expert demonstrations for SFT and
 DFT), the same learning rate, the same prompt pool and the same evaluation. Runs are plain
@@ -25,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the core files live one folder up
 sys.path.insert(0, ROOT)
+from train import MODE_DEFAULTS, base_band_problem, load_checkpoint  # noqa: E402
 
 
 # --------------------------------------------------------------------------- the recipe
@@ -125,12 +128,13 @@ def main():
     ap.add_argument("--seeds", type=int, default=3, help="seeds for Table 1, Table 2 and Fig. 4 rows")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     ap.add_argument("--out", default="", help="output folder (default results/ or results/quick/)")
-    ap.add_argument("--base_steps", type=int, default=0, help="pretraining steps (0 = recipe default)")
+    ap.add_argument("--base_steps", type=int, default=0, help="cap on pretraining steps (0 = train.py's default)")
+    ap.add_argument("--device", default="auto", help="train.py --device for every run (auto: cuda if present)")
     ap.add_argument("--steps", type=int, default=0, help="fine-tuning steps per run (0 = recipe default)")
     a = ap.parse_args()
     seeds = 1 if a.quick else a.seeds
     steps = a.steps or (30 if a.quick else 80)
-    base_steps = a.base_steps or BASE_STEPS
+    base_steps = a.base_steps or MODE_DEFAULTS["pretrain"]["steps"]
     out = a.out or os.path.join(ROOT, "results", "quick" if a.quick else "")
     if a.jobs < 1 or seeds < 1 or steps < 1:
         raise SystemExit("--jobs, --seeds and --steps must be >= 1")
@@ -141,17 +145,30 @@ def main():
     print(f"repro: {'quick' if a.quick else 'full'}; {seeds} seed(s), {steps} steps per run, {a.jobs} jobs; "
           f"writing {out}", flush=True)
 
-    # 1. the shared base model (reused if it is already trained)
-    base_dir = os.path.join(runs_dir, "base")
-    base_ckpt = os.path.join(base_dir, "ckpt.pt")
-    records = []
-    base_cmd = ["pretrain", "--out", base_dir, "--steps", str(base_steps), "--log_every", "100",
-                "--ckpt_every", "500", "--resume", "true", *ev_args]  # train.py's default seed, 1337
-    t = launch(base_cmd, os.path.join(out, "base.log")) if not _finished(base_dir, base_steps) else 0.0
-    print(f"base: pretrained in {t:.0f}s ({base_steps} steps)", flush=True)
-    ev = os.path.join(runs_dir, "base_eval")
-    t = launch(["eval", "--init", base_ckpt, "--out", ev, "--seed", "0", *ev_args], os.path.join(out, "base_eval.log"))
-    records.append(dict(row="base", seed=0, wall_s=t, metrics=_eval_json(os.path.join(out, "base_eval.log"))))
+    dev = ["--device", a.device]
+
+    # 1. one base model per seed, pretrained until the gate is met (reused if already finished)
+    def base_job(seed):
+        base_dir = os.path.join(runs_dir, f"base_s{seed}")
+        cmd = ["pretrain", "--out", base_dir, "--seed", str(1337 + seed), "--steps", str(base_steps),
+               "--log_every", "250", "--ckpt_every", "500", "--resume", "true", *dev, *ev_args]
+        t = launch(cmd, os.path.join(out, f"base_s{seed}.log")) if not _finished(base_dir) else 0.0
+        ck = os.path.join(base_dir, "ckpt.pt")
+        ev = os.path.join(runs_dir, f"base_eval_s{seed}")
+        launch(["eval", "--init", ck, "--out", ev, "--seed", "0", *dev, *ev_args], ev + ".log")
+        m = final_metrics(ev)[0]
+        print(f"base (seed {seed}): pretrained in {t:.0f}s, {m['step']} steps | acc {m['acc_test']:.3f} | "
+              f"pass@1 {m['pass@1']:.3f}", flush=True)
+        return dict(row="base", seed=seed, wall_s=t, metrics=m), ck
+
+    with ThreadPoolExecutor(a.jobs) as ex:
+        bases = list(ex.map(base_job, range(seeds)))
+    records = [rec for rec, _ in bases]
+    misses = [f"seed {r['seed']}: {base_band_problem(r['metrics'])}" for r in records if base_band_problem(r["metrics"])]
+    if misses:
+        raise SystemExit("error: base model(s) outside the band GFT needs, so the comparison would mean nothing:\n  "
+                         + "\n  ".join(misses))
+    base_ckpt = bases[0][1]  # seed 0's base: the lr sweep and Table 4 start from it
 
     # 2. learning rates: for each method, the best of LRS by greedy accuracy on the val split
     #    (seed 0, the full step budget); every row of that method uses it
@@ -164,14 +181,13 @@ def main():
         run_out = os.path.join(runs_dir, f"lr_{mode}_{lr:g}")
         cmd = [*recipe[methods[mode]][1], "--init", base_ckpt, "--out", run_out, "--seed", "0", "--lr", str(lr),
                "--eval_split", "val", "--eval_n", "200", "--passk_problems", "8", "--passk_n", "2", "--kl_n", "8",
-               "--eval_every", "0"]
+               "--eval_every", "0", *dev]
         t = launch(cmd, run_out + ".log")
         acc = final_metrics(run_out)[0]["acc_test"]
         print(f"lr sweep {mode} {lr:g}: val acc {acc:.3f} ({t:.0f}s)", flush=True)
         return dict(row=f"lr sweep: {mode}", lr=lr, seed=0, wall_s=t, metrics={"acc_val": acc})
 
     if a.quick:  # no sweep: the rates the full run's sweep chose, kept in train.py's MODE_DEFAULTS
-        from train import MODE_DEFAULTS
         sweep_records, lrs = [], {m: MODE_DEFAULTS[m]["lr"] for m in methods}
     else:
         with ThreadPoolExecutor(a.jobs) as ex:
@@ -181,7 +197,7 @@ def main():
     print(f"chosen learning rates: {lrs}", flush=True)
 
     # 3. every row, in waves: a row starts once the row it starts from has finished
-    done = {("base", s): base_ckpt for s in range(seeds)}
+    done = {("base", s): ck for s, (_, ck) in enumerate(bases)}
     pending = [(name, s) for name in recipe for s in range(1 if SWEEP_ONLY(name) else seeds)]
     while pending:
         wave = [(n, s) for n, s in pending if (recipe[n][0], s) in done or recipe[n][0] == "base"]
@@ -192,7 +208,7 @@ def main():
             run_out = os.path.join(runs_dir, f"{slug(name)}_s{seed}")
             args = recipe[name][1]
             cmd = [*args, "--lr", str(lrs[args[0]]), "--init", done[(recipe[name][0], seed)], "--out", run_out,
-                   "--seed", str(seed), *ev_args]
+                   "--seed", str(seed), *dev, *ev_args]
             t = launch(cmd, run_out + ".log")
             fin, curve = final_metrics(run_out)
             print(f"{name} (seed {seed}): {t:.0f}s | acc {fin['acc_test']:.3f} | ood {fin['acc_ood']:.3f} | "
@@ -211,11 +227,11 @@ def main():
     passk = {}
     for name in ("base", "SFT", "GRPO", "GFT"):
         ck = base_ckpt if name == "base" else done[(name, 0)]
-        log = os.path.join(out, f"passk_{slug(name)}.log")
-        t = launch(["eval", "--init", ck, "--out", os.path.join(runs_dir, f"passk_{slug(name)}"), "--seed", "0",
+        ev = os.path.join(runs_dir, f"passk_{slug(name)}")
+        t = launch(["eval", "--init", ck, "--out", ev, "--seed", "0", *dev,
                     "--eval_n", "16", "--passk_problems", "32" if a.quick else "64",
-                    "--passk_n", "16" if a.quick else "64", "--kl_n", "8"], log)
-        passk[name] = {k: v for k, v in _eval_json(log).items() if k.startswith("pass@")}
+                    "--passk_n", "16" if a.quick else "64", "--kl_n", "8"], ev + ".log")
+        passk[name] = {k: v for k, v in final_metrics(ev)[0].items() if k.startswith("pass@")}
         print(f"pass@k {name}: {t:.0f}s", flush=True)
 
     total = time.time() - t_start
@@ -226,7 +242,7 @@ def main():
         for r in records:
             if r.get("curve") and r["seed"] == 0:
                 f.write(json.dumps({"row": r["row"], "curve": r["curve"]}) + "\n")
-    md = report(records, passk, seeds, steps, base_steps, total, a.quick, sweep_records, lrs)
+    md = report(records, passk, seeds, steps, total, a.quick, sweep_records, lrs)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(md)
     print(md)
@@ -234,29 +250,20 @@ def main():
     print(f"repro finished in {total / 60:.1f} min; wrote {out}")
 
 
-BASE_STEPS = 1500  # fixed once: base held-out pass@1 0.34 (in the 10-50% band; 2000 steps gave 0.61)
-
-
-def _finished(run_dir, steps):
+def _finished(run_dir):
+    """A base whose pretraining ended (gate met or cap reached): its checkpoint says so."""
     p = os.path.join(run_dir, "ckpt.pt")
-    if not os.path.exists(p):
-        return False
-    import torch
-    return torch.load(p, map_location="cpu", weights_only=False)["step"] >= steps
+    return os.path.exists(p) and bool(load_checkpoint(p).get("finished"))
 
 
-def _eval_json(log):
-    """train.py eval prints its metrics as one JSON object; read it back from the log."""
-    text = open(log).read()
-    return json.loads(text[text.index("{"):text.rindex("}") + 1])
-
-
-def report(records, passk, seeds, steps, base_steps, total, quick, sweep_records, lrs):
+def report(records, passk, seeds, steps, total, quick, sweep_records, lrs):
     by = {}
     for r in records:
         by.setdefault(r["row"], []).append(r)
     lines = [f"# Results: GFT in miniature ({'quick' if quick else 'full'} run)", "",
-             f"One base model ({base_steps} pretraining steps), then {steps} optimiser steps per run, "
+             f"One base model per seed, pretrained until train.py's gate was met (steps: " +
+             ", ".join(str(r["metrics"]["step"]) for r in records if r["row"] == "base") +
+             f"), then {steps} optimiser steps per run, "
              f"{P} prompts x 8 responses per step (SFT/DFT: {8 * P} demonstrations per step). "
              f"Cells: mean over {seeds} seed(s), spread = min..max over seeds. Wall time: {total / 60:.1f} min.", "",
              ("Learning rates: train.py's MODE_DEFAULTS, which the full run's sweep chose: " +
