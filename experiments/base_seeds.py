@@ -8,7 +8,8 @@ to --threads, --jobs at a time. Its final evaluation (held-out greedy accuracy, 
 from 16 samples of 64 problems) is read from its metrics.jsonl. Recipes:
     gate        train.py's defaults: constant lr after warm-up, stop once val pass@1 >= --gate_pass1
     fixed1500   the recipe before the gate: 1500 steps, cosine decay, no gate
-Prints one row per seed and a summary; appends the rows to --out/<recipe>_<device>_t<threads>.jsonl.
+Prints one row per seed and a summary; appends each row, as its seed ends, to
+--out/<recipe>_<device>_t<threads>.jsonl.
 """
 import argparse
 import json
@@ -50,6 +51,8 @@ def one_seed(seed, a):
     row = dict(recipe=a.recipe, device=a.device, threads=a.threads, seed=seed, steps=fin["step"], wall_s=round(wall, 1),
                acc_test=fin["acc_test"], pass1=fin["pass@1"], acc_ood=fin["acc_ood"], acc_probe=fin["acc_probe"],
                gate=fin.get("gate"), in_band=not base_band_problem(fin))
+    with open(os.path.join(a.out, f"{a.recipe}_{a.device}_t{a.threads}.jsonl"), "a") as f:
+        f.write(json.dumps(row) + "\n")  # one line as soon as a seed ends: an interrupted sweep keeps its rows
     print(f"seed {seed:3d} | steps {row['steps']:5d} | {wall / 60:5.1f} min | greedy {row['acc_test']:.3f} | "
           f"pass@1 {row['pass1']:.3f} | ood {row['acc_ood']:.3f} | probe {row['acc_probe']:.3f} | "
           f"{'in band' if row['in_band'] else 'MISSES the band'}", flush=True)
@@ -72,9 +75,6 @@ def main():
           f"band: held-out pass@1 in {list(BASE_BAND)}", flush=True)
     with ThreadPoolExecutor(a.jobs) as ex:
         rows = list(ex.map(lambda s: one_seed(s, a), a.seeds))
-    with open(os.path.join(a.out, f"{a.recipe}_{a.device}_t{a.threads}.jsonl"), "a") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
     med = lambda k: statistics.median(r[k] for r in rows)
     print(f"{sum(r['in_band'] for r in rows)}/{len(rows)} seeds in the band | median greedy {med('acc_test'):.3f} "
           f"(range {min(r['acc_test'] for r in rows):.3f}..{max(r['acc_test'] for r in rows):.3f}) | median pass@1 "
