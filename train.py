@@ -646,7 +646,8 @@ def run(cfg):
         model.load_state_dict(ck["model"])
         optim.load_state_dict(ck["optimizer"])
         start, skipped = ck["step"], ck.get("skipped", 0)
-        finished, gate = ck.get("finished", start >= cfg.steps), ck.get("gate")  # a gated run may end early
+        gate = ck.get("gate")  # a gated run ends at its first met check; otherwise at --steps (which a resume may raise)
+        finished = bool(gate and gate["met"]) or start >= cfg.steps
         if master:
             print(f"resumed {ckpt_path} at step {start}")
     elif cfg.resume and master:
@@ -722,7 +723,7 @@ def run(cfg):
                 print(f"gate at step {step + 1}: val pass@1 {g['val_pass@1']:.3f} (target {cfg.gate_pass1}), "
                       f"val greedy {g['val_acc']:.3f}: {'met, pretraining stops' if met else 'not yet'}", flush=True)
                 with open(metrics_path, "a") as f:
-                    f.write(json.dumps({"step": step + 1, "gate": gate}) + "\n")
+                    f.write(json.dumps({"gate": gate}) + "\n")  # its own row: training rows alone carry "step"
             finished = met or last
             t_last += time.time() - t_gate  # ms/step and tok/s count training time only
         else:
@@ -770,7 +771,9 @@ def _trim_metrics(path, step):
         lines = [l for l in f if l.strip()]
     if lines and not lines[-1].endswith("\n"):  # torn by a crash in mid-write: never complete
         lines.pop()
-    keep = [l for l in lines if json.loads(l).get("step", 0) <= step and "final" not in json.loads(l)] if step else []
+    rows = [json.loads(l) for l in lines]
+    keep = [l for l, m in zip(lines, rows) if "final" not in m
+            and m.get("step", m.get("gate", {}).get("step", 0)) <= step] if step else []
     with open(path + ".tmp", "w") as f:
         f.writelines(keep)
     os.replace(path + ".tmp", path)  # atomic, as checkpoints: a kill here loses no line
