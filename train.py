@@ -349,6 +349,12 @@ def build_groups(model, tok, problems, cfg, step, n_expert, n_teacher, n_rollout
     return groups, info
 
 
+def expert_groups(tok, problems, reward=0.0):
+    """One group per problem holding its expert solution (+ end of text): fixed contexts."""
+    return [gft.Group(tok.encode(p.prompt), [gft.Response(tok.encode(p.expert) + [tok.eos_id], "expert", reward)])
+            for p in problems]
+
+
 def draw(pool, n, seed, step, rank, world):
     """This step's problems for this rank: n drawn from the pool without replacement (the
     same draw on every rank), then rank r takes every world-th one."""
@@ -455,9 +461,7 @@ def kl_to_base(model, base, tok, problems):
     """Forward KL(base || model) per response token, on fixed contexts (prompt + expert
     solution): sum_v p_base(v) (log p_base(v) - log p_model(v)), averaged over tokens."""
     dev = next(model.parameters()).device
-    groups = [gft.Group(tok.encode(p.prompt), [gft.Response(tok.encode(p.expert) + [tok.eos_id], "expert")])
-              for p in problems]
-    b = gft.flatten_groups(groups, tok.pad_id)
+    b = gft.flatten_groups(expert_groups(tok, problems), tok.pad_id)
     tokens, mask = b.tokens.to(dev), b.resp_mask[:, 1:].to(dev)
     with autocast(dev):
         lq = F.log_softmax(model(tokens[:, :-1])[0].float(), -1)  # (N, L-1, V)

@@ -1,9 +1,9 @@
 """Benchmark: training throughput and MFU, KV-cache generation, one GFT step against one GRPO step.
 
-    python bench.py                    # default config 4x4x128 and a larger 6x6x384 (~3 min, 2 CPU cores)
-    python bench.py --quick            # fewer repeats, default config only (~40 s)
-    python bench.py --device cuda --compile
-    python bench.py --init out/demo/base/ckpt.pt   # GFT/GRPO step with a trained model (rollouts stop at eos)
+    python experiments/bench.py                    # default config 4x4x128 and a larger 6x6x384 (~3 min, 2 CPU cores)
+    python experiments/bench.py --quick            # fewer repeats, default config only (~40 s)
+    python experiments/bench.py --device cuda --compile
+    python experiments/bench.py --init out/demo/base/ckpt.pt   # GFT/GRPO step with a trained model (rollouts stop at eos)
 
 Every figure is a median over --repeats timed runs after warm-up runs. Runs that are compared
 (cache vs recompute, GFT vs GRPO, 1 vs N threads) alternate, so drift in the machine's load

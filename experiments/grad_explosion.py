@@ -5,11 +5,11 @@ sure one (eq. 3's implicit reward 1/pi). GFT multiplies each token's loss by C(p
 tau (eq. 5), so its weight C/p is at most max(1, 1/tau). With A = 1, GFT's gradient w.r.t. the
 logits z is C(p) * (softmax(z) - onehot), SFT's times C <= 1: never larger, equal at tau = 0,
 and non-increasing as tau grows (more tokens fall below tau). tests/test_reliability.py checks
-this ordering token by token; the parameter gradient is reported, not asserted (per-token
+this ordering token by token (on sharp random logits); the parameter gradient is reported, not asserted (per-token
 contributions can cancel, so a smaller sum of scaled terms is not guaranteed).
 
-    python grad_explosion.py                         # fits a tiny model first (seconds on CPU)
-    python grad_explosion.py --init out/base/ckpt.pt
+    python experiments/grad_explosion.py             # fits a tiny model first (seconds on CPU)
+    python experiments/grad_explosion.py --init out/demo/base/ckpt.pt
 """
 import argparse
 import math
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 import data as D
 import gft
+import train
 from model import GPT, GPTConfig
 
 TAUS = (0.0, 1e-4, 1e-3, 0.01, 0.1, 0.5, 1.0)  # the paper's range plus two inside the target band
@@ -31,9 +32,7 @@ TAUS = (0.0, 1e-4, 1e-3, 0.01, 0.1, 0.5, 1.0)  # the paper's range plus two insi
 
 def rows_of(tok, problems):
     """prompt + expert + eos, right-padded: tokens (N, L) and response mask (N, L)."""
-    groups = [gft.Group(tok.encode(p.prompt), [gft.Response(tok.encode(p.expert) + [tok.eos_id], "expert")])
-              for p in problems]
-    b = gft.flatten_groups(groups, tok.pad_id)
+    b = gft.flatten_groups(train.expert_groups(tok, problems), tok.pad_id)
     return b.tokens, b.resp_mask
 
 
@@ -109,7 +108,6 @@ if __name__ == "__main__":
     ap.add_argument("--hi", type=float, default=1e-2, help="highest target probability")
     args = ap.parse_args()
     if args.init:
-        import train
         model = train.model_from_checkpoint(train.load_checkpoint(args.init), args.init)
     else:
         model = fit_model()

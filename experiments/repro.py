@@ -1,7 +1,7 @@
 """Reproduce the paper's claims in miniature: every row, several seeds, one command.
 
-    python repro.py            # full: 3 seeds, about an hour on 2 CPU cores
-    python repro.py --quick    # 1 seed, 30-step runs, same rows, no lr sweep (see README)
+    python experiments/repro.py            # full: 3 seeds, about an hour on 2 CPU cores
+    python experiments/repro.py --quick    # 1 seed, 30-step runs, same rows, no lr sweep (see README)
 
 Each seed s has its own base model, pretrained with seed 1337 + s until train.py's gate is met,
 and every method of seed s starts from it, so the spread over seeds includes the base's. A

@@ -1,6 +1,6 @@
 """The README's worked example, computed by the project's own code: one prompt, one hybrid group.
 
-    python worked_example.py      # prints two markdown tables (pasted into README.md)
+    python experiments/worked_example.py   # prints two markdown tables (pasted into README.md)
 
 The group is 1 expert + 3 teachers + 4 rollouts (the paper's K = 8). The expert and the
 teachers come from data.py (teachers drawn with random.Random(TEACHER_SEED), chosen so that

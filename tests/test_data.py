@@ -7,14 +7,12 @@ import json
 import os
 import random
 import re
-import sys
 
 import pytest
 import tiktoken
 from hypothesis import given, settings, strategies as st
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from data import (EOT, PAD, SPLITS, Problem, TaskConfig, Tokenizer, load_jsonl,  # noqa: E402
+from data import (EOT, PAD, SPLITS, Problem, TaskConfig, Tokenizer, load_jsonl,
                   make_problem, make_split, solution_order, teacher_solutions, verify,
                   verify_trace, write_jsonl)
 

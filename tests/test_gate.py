@@ -2,13 +2,11 @@
 the val split, and a base outside the band GFT needs is refused, never silently used."""
 import json
 import os
-import sys
 
 import pytest
 from hypothesis import given, strategies as st
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import train  # noqa: E402
+import train
 
 TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "96", "--batch_size", "4",
         "--eval_n", "4", "--passk_problems", "2", "--passk_n", "2", "--kl_n", "2", "--max_new_tokens", "48",

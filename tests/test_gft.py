@@ -7,15 +7,13 @@ reproducible from the printed example. float64 where values are compared exactly
 import itertools
 import math
 import os
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from gft import (AGGS, SOURCES, Group, Response, count_sources, dcr_coefficient, dcr_stats,  # noqa: E402
+from gft import (AGGS, SOURCES, Group, Response, count_sources, dcr_coefficient, dcr_stats,
                  dft_loss, flatten_groups, gft_loss, group_advantages, grpo_loss, implicit_reward,
                  sft_as_policy_gradient_loss, sft_loss, source_stats)
 

@@ -6,16 +6,14 @@ problems (the `fitted` fixture, which is also the overfitting test): its logits 
 separated and its outputs vary from token to token, so a cache or position bug shows.
 """
 import os
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from data import Tokenizer, make_split  # noqa: E402
-from model import GPT, GPTConfig, pick_device  # noqa: E402
+from data import Tokenizer, make_split
+from model import GPT, GPTConfig, pick_device
 
 TOK = Tokenizer()
 EOS, PAD = TOK.eos_id, TOK.pad_id

@@ -6,10 +6,10 @@ import importlib
 import json
 import os
 import re
+import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as _f:
     README = _f.read()
 
@@ -88,13 +88,12 @@ def test_every_test_reference_in_readme_exists():
     assert not missing, "README.md cites tests that do not exist:\n  " + "\n  ".join(missing)
 
 
-def test_worked_example_output_appears_verbatim_in_readme(capsys):
-    sys.path.insert(0, os.path.join(ROOT, "experiments"))  # temporary (issue 14)
-    import worked_example
-    returned = worked_example.main()
-    printed = capsys.readouterr().out.strip()
-    assert printed == returned.strip()
-    assert printed in README, ("README.md's worked example differs from `python worked_example.py`; "
+def test_worked_example_output_appears_verbatim_in_readme():
+    p = subprocess.run([sys.executable, os.path.join("experiments", "worked_example.py")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    printed = p.stdout.strip()
+    assert printed in README, ("README.md's worked example differs from `python experiments/worked_example.py`; "
                                "paste the script's output into the README:\n" + printed)
 
 
