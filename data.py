@@ -182,23 +182,25 @@ class Problem:
     op: str = ""  # synthetic only: "+" or "-"
 
 
+TEACHER_ERROR = 0.25  # chance that a built-in teacher solution carries one slip (train.py --teacher_error)
+
+
 @dataclass
 class TaskConfig:
     """The difficulty knob and the mixes; one place for every setting of the task."""
     digits: int = 2  # operands in [10, 99]
     base_mix: dict = field(default_factory=lambda: {2: 0.25, 3: 0.45, 4: 0.15, 5: 0.15})
-    # ^ TASK_NOTES V4: 4- and 5-operand problems need ~25-30% of pretraining or the base
+    # ^ 4- and 5-operand problems need ~25-30% of pretraining or the base
     #   model cannot start them, and GFT needs a base that is sometimes right
     probe_share: float = 0.10  # pretraining rows from the forgetting-probe family
     shuffle_share: float = 0.30  # pretraining solutions written in a random operand order
     train_ops: int = 4  # fine-tuning difficulty (train / val / test)
     ood_ops: int = 5  # harder, out-of-distribution test
-    teacher_error: float = 0.25  # chance that a teacher solution carries one slip
 
     def __post_init__(self):
         if not 1 <= self.digits <= 6:
             raise ValueError(f"TaskConfig.digits must be in [1, 6], got {self.digits}")
-        for name in ("probe_share", "shuffle_share", "teacher_error"):
+        for name in ("probe_share", "shuffle_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"TaskConfig.{name} must be in [0, 1], got {getattr(self, name)}")
         for name in ("train_ops", "ood_ops"):
@@ -305,7 +307,7 @@ def _slip(operands, rng, op="+"):
     return "".join(steps) + f"#### {acc}"
 
 
-def teacher_solutions(problem, n, rng, error_rate=0.25):
+def teacher_solutions(problem, n, rng, error_rate=TEACHER_ERROR):
     """n teacher solutions for one problem.
 
     Synthetic problems: each solution takes a random operand order (diverse paths) and, with
@@ -388,7 +390,7 @@ def load_jsonl(path, tokenizer=None, block_size=None):
     return problems
 
 
-def write_jsonl(path, problems, n_teacher=3, seed=0, error_rate=0.25):
+def write_jsonl(path, problems, n_teacher=3, seed=0, error_rate=TEACHER_ERROR):
     """Write problems in the JSONL schema, with n_teacher teacher solutions each."""
     rng = random.Random(seed)
     with open(path, "w") as f:

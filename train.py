@@ -62,18 +62,19 @@ class Config:
     seed: int = opt(1337, "drives data, sampling and init", lo=0)
     device: str = opt("auto", "auto (cuda if present, else cpu), cpu, cuda, cuda:N")
     compile: bool = opt(False, "torch.compile the model (GPU; slow to start on CPU)")
-    # model (pretrain only; other modes take the shape from --init)
-    n_layer: int = opt(4, "transformer blocks", lo=1, hi=64)
-    n_head: int = opt(4, "attention heads", lo=1, hi=64)
-    n_embd: int = opt(128, "width; 4x4x128 trains at ~15k tok/s on 2 CPU cores", lo=8, hi=8192)
-    block_size: int = opt(128, "longest prompt + response in tokens; the task needs < 80", lo=16, hi=8192)
-    dropout: float = opt(0.0, "dropout; generated data never repeats, so none", lo=0.0, hi=0.9)
-    rope: bool = opt(True, "rotary position embeddings (False: learned absolute ones, as nanoGPT; slower to learn the task)")
+    # model: unset (None) = model.GPTConfig's default for pretrain, the --init checkpoint's otherwise;
+    # a value given with --init must agree with the checkpoint's
+    n_layer: int = opt(None, "transformer blocks", lo=1, hi=64)
+    n_head: int = opt(None, "attention heads", lo=1, hi=64)
+    n_embd: int = opt(None, "width", lo=8, hi=8192)
+    block_size: int = opt(None, "longest prompt + response in tokens", lo=16, hi=8192)
+    dropout: float = opt(None, "dropout", lo=0.0, hi=0.9)
+    rope: bool = opt(None, "rotary position embeddings (False: learned absolute ones, as nanoGPT)")
     # data
     data: str = opt("", "JSONL file of real problems (prompt/answer/expert/teachers); default: built-in task")
     tokenizer: str = opt("bytes", "bytes (built in, offline) or a named tiktoken encoding")
     n_prompts: int = opt(2000, "fine-tuning prompt pool size (the paper's 10k groups, scaled down)", lo=1)
-    teacher_error: float = opt(0.25, "chance that a built-in teacher solution has a slip", lo=0.0, hi=1.0)
+    teacher_error: float = opt(D.TEACHER_ERROR, "chance that a built-in teacher solution has a slip", lo=0.0, hi=1.0)
     # optimisation
     steps: int = opt(0, "optimiser steps; 0 = the mode's default (MODE_DEFAULTS)", lo=0)
     batch_size: int = opt(32, "sequences per step for pretrain / sft / dft", lo=1)
@@ -121,11 +122,12 @@ MODE_DEFAULTS = {  # steps and lr per mode; --steps / --lr override
     # 80 steps, README "Results"); policy-gradient updates need the small one, GRPO at 3e-4 collapsed
     "sft": dict(steps=150, lr=3e-5),
     "dft": dict(steps=150, lr=3e-4),
-    "gft": dict(steps=150, lr=3e-5),
-    "grpo": dict(steps=150, lr=3e-5),
+    "gft": dict(steps=150, lr=3e-5, n_rollout=4),  # the paper's K = 1 expert + 3 teachers + 4 rollouts
+    "grpo": dict(steps=150, lr=3e-5, n_rollout=8),  # the same group size K = 8, all rollouts
     "eval": dict(steps=0, lr=0.0),
     "demo": dict(steps=0, lr=0.0),
 }
+MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "rope")  # Config fields that are GPTConfig's
 RUN_KEYS_IGNORED_ON_RESUME = {"resume", "override", "device", "compile", "log_every", "eval_every",
                               "ckpt_every", "eval_n", "eval_split", "passk_problems", "passk_n", "kl_n"}
 
@@ -140,16 +142,18 @@ def parse_args(argv=None):
         m = f.metadata
         rng = f" [{m['lo']}, {m['hi'] if m['hi'] is not None else 'inf'}]" if m["lo"] is not None else ""
         rng = f" {{{', '.join(m['choices'])}}}" if m["choices"] else rng
-        h = f"{m['help']}{rng} (default {f.default!r})"
-        if f.type is bool or isinstance(f.default, bool):
+        default = (f"model.GPTConfig's {getattr(GPTConfig, f.name)!r}, or --init's" if f.name in MODEL_KEYS
+                   else repr(f.default))
+        h = f"{m['help']}{rng} (default {default})"
+        if f.type is bool:
             p.add_argument(f"--{f.name}", type=_bool, default=f.default, help=h, metavar="BOOL",
                            nargs="?", const=True)
         else:
-            p.add_argument(f"--{f.name}", type=type(f.default), default=f.default, help=h)
+            p.add_argument(f"--{f.name}", type=f.type, default=f.default, help=h)
     ns, unknown = p.parse_known_args(argv)
     if unknown:
         raise SystemExit(f"error: unknown setting(s) {unknown}; see python train.py --help")
-    return check_config(Config(**vars(ns)))
+    return make_config(**vars(ns))
 
 
 def _bool(s):
@@ -160,35 +164,61 @@ def _bool(s):
     raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
 
 
-def check_config(cfg):
-    """Fill mode defaults, then check every setting against its range; errors name both."""
-    for f in dataclasses.fields(Config):
-        v, m = getattr(cfg, f.name), f.metadata
-        if m["choices"] and v not in m["choices"]:
-            raise ValueError(f"--{f.name} {v!r} is not allowed; choose one of {m['choices']}")
-        if m["lo"] is not None and not (m["lo"] <= v <= (m["hi"] if m["hi"] is not None else math.inf)):
-            raise ValueError(f"--{f.name} {v} is out of range [{m['lo']}, {m['hi'] if m['hi'] is not None else 'inf'}]")
-    d = MODE_DEFAULTS[cfg.mode]
+def fill_defaults(cfg):
+    """Replace the 'mode default' sentinels (steps 0, lr 0, warmup -1, schedule '', n_rollout -1,
+    out '') with the mode's values, and pretrain's unset model fields with GPTConfig's."""
+    d = MODE_DEFAULTS.get(cfg.mode)
+    if d is None:  # an unknown mode: check_config names it
+        return cfg
     cfg.steps = cfg.steps or d["steps"]
     cfg.lr = cfg.lr or d["lr"]
     cfg.warmup = d.get("warmup", 20) if cfg.warmup == -1 else cfg.warmup
     cfg.schedule = cfg.schedule or d.get("schedule", "cosine")
+    cfg.n_rollout = d.get("n_rollout", 4) if cfg.n_rollout == -1 else cfg.n_rollout
+    cfg.out = cfg.out or os.path.join("out", cfg.mode)
+    if not cfg.init:  # a new model: GPTConfig's defaults for what is not given
+        for k in MODEL_KEYS:
+            if getattr(cfg, k) is None:
+                setattr(cfg, k, getattr(GPTConfig, k))
+    return cfg
+
+
+def check_config(cfg):
+    """Check every setting of a filled Config against its range; errors name the setting and the range."""
+    for f in dataclasses.fields(Config):
+        v, m = getattr(cfg, f.name), f.metadata
+        if v is None and f.name in MODEL_KEYS:  # taken from --init
+            continue
+        if m["choices"] and v not in m["choices"]:
+            raise ValueError(f"--{f.name} {v!r} is not allowed; choose one of {m['choices']}")
+        if m["lo"] is not None and not (m["lo"] <= v <= (m["hi"] if m["hi"] is not None else math.inf)):
+            raise ValueError(f"--{f.name} {v} is out of range [{m['lo']}, {m['hi'] if m['hi'] is not None else 'inf'}]")
     if cfg.mode not in ("eval", "demo") and cfg.steps < 1:
         raise ValueError(f"--steps must be >= 1 for mode {cfg.mode}")
-    if cfg.n_rollout == -1:
-        cfg.n_rollout = 8 if cfg.mode == "grpo" else 4
     if cfg.mode == "gft":
         gft.count_sources(cfg.n_expert, cfg.n_teacher, cfg.n_rollout)
     if cfg.mode == "grpo" and cfg.n_rollout < 2:
         raise ValueError(f"--n_rollout must be >= 2 for grpo (a group of one has no advantage), got {cfg.n_rollout}")
     if cfg.mode not in ("pretrain", "demo") and not cfg.init:
         raise ValueError(f"mode {cfg.mode} needs --init CHECKPOINT (train a base with `python train.py pretrain`)")
-    if cfg.n_embd % cfg.n_head:
+    if cfg.n_embd is not None and cfg.n_head is not None and cfg.n_embd % cfg.n_head:
         raise ValueError(f"--n_embd {cfg.n_embd} must be divisible by --n_head {cfg.n_head}")
-    if cfg.max_new_tokens >= cfg.block_size:
+    if cfg.block_size is not None and cfg.max_new_tokens >= cfg.block_size:  # else run's check_fits, on the model
         raise ValueError(f"--max_new_tokens {cfg.max_new_tokens} must be < --block_size {cfg.block_size}")
-    cfg.out = cfg.out or os.path.join("out", cfg.mode)
     return cfg
+
+
+def make_config(**settings):
+    """A checked Config with the mode's defaults filled in: Config(**settings), filled, checked."""
+    return check_config(fill_defaults(Config(**settings)))
+
+
+def make_optimizer(model, lr, weight_decay):
+    """AdamW; weight decay on matrices only (nanoGPT), not on gains and biases."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -320,7 +350,7 @@ def sample(model, tok, prompts, n, temperature, max_new_tokens, generator, chunk
 
 
 def autocast(device):
-    """bf16 autocast on GPU; plain float32 on CPU (bf16 is no faster there, TASK_NOTES.md)."""
+    """bf16 autocast on GPU; plain float32 on CPU (bf16 is no faster there)."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -328,15 +358,18 @@ def autocast(device):
 
 # ----------------------------------------------------------------------------- groups
 
-def build_groups(model, tok, problems, cfg, step, n_expert, n_teacher, n_rollout):
-    """One hybrid group per problem: experts, teachers, then rollouts, each scored by the
-    verifier. Returns (groups, info) with the rollouts' text for the logs."""
+def sample_rollouts(model, tok, problems, cfg, step, n_rollout):
+    """This step's n_rollout samples per problem at --temperature: sample's (responses, stopped)."""
+    gen = torch_gen(cfg.seed, step, "rollout", next(model.parameters()).device)
+    return sample(model, tok, [p.prompt for p in problems], n_rollout, cfg.temperature, cfg.max_new_tokens, gen)
+
+
+def build_groups(tok, problems, cfg, step, n_expert, n_teacher, rollouts=([], [])):
+    """One hybrid group per problem: experts, teachers, then the rollouts (sample_rollouts' output,
+    n per problem in problem order), each scored by the verifier. Returns (groups, info for the logs)."""
     rng = step_rng(cfg.seed, step, "teacher")
-    rollouts, stopped = [], []
-    if n_rollout:
-        gen = torch_gen(cfg.seed, step, "rollout", next(model.parameters()).device)
-        rollouts, stopped = sample(model, tok, [p.prompt for p in problems], n_rollout,
-                                   cfg.temperature, cfg.max_new_tokens, gen)
+    rollouts, stopped = rollouts
+    n_rollout = len(rollouts) // len(problems)
     groups = []
     for i, p in enumerate(problems):
         texts = [("expert", p.expert)] * n_expert
@@ -390,6 +423,12 @@ class LogProbs(torch.nn.Module):
 def train_step(model, logprob_fn, tok, cfg, step, pool, ref_model, rank, world):
     """Compute this step's loss (not yet backpropagated) and its metrics. model samples the
     rollouts; logprob_fn (LogProbs, maybe DDP- or compile-wrapped) gives the trained log-probs."""
+    groups, info = step_groups(model, tok, cfg, step, pool, rank, world)
+    return step_loss(logprob_fn, tok, cfg, groups, info, ref_model, world, next(model.parameters()).device)
+
+
+def step_groups(model, tok, cfg, step, pool, rank, world):
+    """This step's groups for this rank, as the mode builds them, and info for the logs."""
     if cfg.mode == "pretrain":  # language modelling on the base mix, loss on the solution only
         rng = step_rng(cfg.seed, step, "base")
         probs = D.make_split("base", cfg.batch_size, seed=f"{cfg.seed}:{step}")[rank::world]
@@ -400,13 +439,18 @@ def train_step(model, logprob_fn, tok, cfg, step, pool, ref_model, rank, world):
         info = {}
     elif cfg.mode in ("sft", "dft"):  # groups of one expert: A = R = 1 (tests: GFT(tau=0) == SFT)
         probs = draw(pool, cfg.batch_size, cfg.seed, step, rank, world)
-        groups, info = build_groups(model, tok, probs, cfg, step, 1, 0, 0)
+        groups, info = build_groups(tok, probs, cfg, step, 1, 0)
     else:
         probs = draw(pool, cfg.prompts_per_step, cfg.seed, step, rank, world)
         n_e, n_t = (cfg.n_expert, cfg.n_teacher) if cfg.mode == "gft" else (0, 0)
-        groups, info = build_groups(model, tok, probs, cfg, step, n_e, n_t, cfg.n_rollout)
+        rollouts = sample_rollouts(model, tok, probs, cfg, step, cfg.n_rollout)
+        groups, info = build_groups(tok, probs, cfg, step, n_e, n_t, rollouts)
+    return groups, info
+
+
+def step_loss(logprob_fn, tok, cfg, groups, info, ref_model, world, dev):
+    """The mode's loss on the groups (not yet backpropagated) and the step's metrics; dev: the model's device."""
     batch = gft.flatten_groups(groups, tok.pad_id, scale=cfg.adv_scale)
-    dev = next(model.parameters()).device
     tokens, resp = batch.tokens.to(dev), batch.resp_mask.to(dev)  # (N, L) each, copied once
     mask = resp[:, 1:]  # (N, L-1) loss mask
     adv = batch.advantages.to(dev)  # (N,)
@@ -602,9 +646,9 @@ def run(cfg):
     if cfg.init:
         init = load_checkpoint(cfg.init)
         model = model_from_checkpoint(init, cfg.init)
-        for k in ("n_layer", "n_head", "n_embd", "block_size"):  # shape comes from the checkpoint;
-            default, have = Config.__dataclass_fields__[k].default, init["model_config"][k]  # a set flag must agree
-            if getattr(cfg, k) not in (default, have):
+        for k in MODEL_KEYS:  # the model comes from the checkpoint; a setting given must agree with it
+            have = init["model_config"][k]
+            if getattr(cfg, k) not in (None, have):
                 raise ValueError(f"--{k} {getattr(cfg, k)} differs from {cfg.init}'s {k}={have}")
         if init["model_config"]["vocab_size"] != tok.vocab_size:
             raise ValueError(f"{cfg.init} was trained with vocab_size {init['model_config']['vocab_size']}, "
@@ -614,8 +658,7 @@ def run(cfg):
         if cfg.mode != "eval" or init.get("base"):
             base = model_from_checkpoint({"model": base_info["state"], "model_config": init["model_config"]})
     else:
-        model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=tok.vocab_size, n_layer=cfg.n_layer,
-                              n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, rope=cfg.rope))
+        model = GPT(GPTConfig(vocab_size=tok.vocab_size, **{k: getattr(cfg, k) for k in MODEL_KEYS}))
     model.to(device)
     if base is not None:
         base.to(device).eval().requires_grad_(False)
@@ -632,10 +675,7 @@ def run(cfg):
             print(json.dumps(r, indent=1))
         return r
 
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optim = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                               {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    optim = make_optimizer(model, cfg.lr, cfg.weight_decay)
     ckpt_path = os.path.join(cfg.out, "ckpt.pt")
     metrics_path = os.path.join(cfg.out, "metrics.jsonl")
     start, skipped, finished, gate = 0, 0, False, None
@@ -800,13 +840,15 @@ def demo(cfg):
     if os.path.exists(base_ckpt) and load_checkpoint(base_ckpt).get("finished"):
         print(f"reusing base model {base_ckpt} (delete it to retrain)")
     else:
-        run(check_config(Config(mode="pretrain", out=os.path.dirname(base_ckpt), resume=True, log_every=250, **common)))
-    rows["base"] = run(check_config(Config(mode="eval", init=base_ckpt, **common)))
+        run(make_config(mode="pretrain", out=os.path.dirname(base_ckpt), resume=True, log_every=250, **common))
+    rows["base"] = run(make_config(mode="eval", init=base_ckpt, **common))
     require_base_in_band(rows["base"], base_ckpt)  # a base outside the band makes the table meaningless
-    group = Config.prompts_per_step * (Config.n_expert + Config.n_teacher + 4)  # sequences per GFT step
-    for mode, extra in (("sft", dict(batch_size=group)), ("gft", {})):
-        c = check_config(Config(mode=mode, init=base_ckpt, out=os.path.join(root, mode), log_every=25, **common, **extra))
-        rows[mode] = run(c)
+    gft_cfg = make_config(mode="gft", init=base_ckpt, out=os.path.join(root, "gft"), log_every=25, **common)
+    group = gft_cfg.prompts_per_step * (gft_cfg.n_expert + gft_cfg.n_teacher + gft_cfg.n_rollout)  # sequences per GFT step
+    sft_cfg = make_config(mode="sft", init=base_ckpt, out=os.path.join(root, "sft"), log_every=25, batch_size=group,
+                          **common)
+    rows["sft"] = run(sft_cfg)
+    rows["gft"] = run(gft_cfg)
     cols = ["acc_test", "acc_ood", "acc_probe", "pass@1", "pass@16", "pass@1_strict", "paths", "entropy", "kl_base"]
     print(f"\nheld-out results ({cfg.eval_n} problems per split; pass@k from {cfg.passk_n} samples of "
           f"{cfg.passk_problems} problems; kl = KL(base || model) per token)")

@@ -155,14 +155,6 @@ def flops_per_token(model, T):
 
 # ----------------------------------------------------------------------------- 1. training step
 
-def make_optimizer(model, lr=3e-4):
-    """As train.run: AdamW, decay only on matrices (weight decay 0 here, as fine-tuning)."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.0}, {"params": no_decay, "weight_decay": 0.0}],
-                             lr=lr, betas=(0.9, 0.95))
-
-
 def train_step_fn(model, device, loss_path, compile_):
     """One optimiser step on a fixed (BATCH, BLOCK) batch of random tokens, as train.run does
     it: zero_grad, forward, backward, clip the grad norm to 1, AdamW.
@@ -176,7 +168,7 @@ def train_step_fn(model, device, loss_path, compile_):
     resp = torch.zeros(BATCH, BLOCK + 1, dtype=torch.bool)
     resp[:, 17:] = True  # (BATCH, BLOCK + 1): 17 prompt tokens, then 112 response tokens
     resp = resp.to(device)
-    optim = make_optimizer(model)
+    optim = train.make_optimizer(model, 3e-4, 0.0)
     fwd = train.LogProbs(model) if loss_path == "train.py" else model
     if compile_:
         fwd = torch.compile(fwd)
@@ -286,32 +278,26 @@ class Phases:
 
 
 def rl_step_fn(mode, model, device, args, tok, pool):
-    """One step of train.py's gft or grpo mode, on the real code: train.train_step (build_groups
-    -> sample, teachers and verifier; flatten_groups; LogProbs; the loss; its metrics), then
+    """One step of train.py's gft or grpo mode, on the real code: train.train_step's pieces
+    (sample_rollouts; build_groups: teachers and verifier; step_loss: flatten_groups, LogProbs,
+    the loss, its metrics), then
     backward, grad clip and AdamW as train.run. Returns run(step) -> (Phases, metrics), and
     the train.py config."""
-    cfg = train.check_config(train.Config(mode=mode, init="(bench)", device=str(device), compile=args.compile,
-                                          max_new_tokens=GEN_NEW))
-    optim = make_optimizer(model, cfg.lr)
+    cfg = train.make_config(mode=mode, init="(bench)", device=str(device), compile=args.compile,
+                            max_new_tokens=GEN_NEW)
+    optim = train.make_optimizer(model, cfg.lr, cfg.weight_decay)
     logprob_fn = train.LogProbs(model)
     if args.compile:
         logprob_fn = torch.compile(logprob_fn)
-    sample, build_groups = train.sample, train.build_groups
+    n_e, n_t = (cfg.n_expert, cfg.n_teacher) if mode == "gft" else (0, 0)
 
-    def run(step):
-        ph, lengths = Phases(device), []
-
-        def sample_counted(*a, **k):  # train.sample, noting the rollout lengths
-            responses, stopped = sample(*a, **k)
-            lengths.extend(len(r) for r in responses)
-            return responses, stopped
-        # train_step finds sample and build_groups as globals of train.py: time them in place
-        train.sample, train.build_groups = ph.wrap("rollouts", sample_counted), ph.wrap("groups", build_groups)
-        try:
-            loss, m = ph.wrap("step", train.train_step)(model, ph.wrap("logprobs", logprob_fn), tok, cfg, step,
-                                                      pool, None, 0, 1)
-        finally:
-            train.sample, train.build_groups = sample, build_groups
+    def run(step):  # train.train_step's pieces (step_groups for these modes, then step_loss), each timed
+        ph = Phases(device)
+        probs = train.draw(pool, cfg.prompts_per_step, cfg.seed, step, 0, 1)
+        rollouts = ph.wrap("rollouts", train.sample_rollouts)(model, tok, probs, cfg, step, cfg.n_rollout)
+        groups, info = ph.wrap("groups", train.build_groups)(tok, probs, cfg, step, n_e, n_t, rollouts)
+        loss, m = ph.wrap("loss", train.step_loss)(ph.wrap("logprobs", logprob_fn), tok, cfg, groups, info, None, 1,
+                                                   device)
         optim.zero_grad(set_to_none=True)
         ph.wrap("backward", loss.backward)()
 
@@ -319,7 +305,7 @@ def rl_step_fn(mode, model, device, args, tok, pool):
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optim.step()
         ph.wrap("optimizer", update)()
-        m["rollout_len"] = statistics.mean(lengths)
+        m["rollout_len"] = statistics.mean(len(r) for r in rollouts[0])
         return ph, m
     return run, cfg
 
@@ -346,9 +332,9 @@ def bench_rl(device, args, tok, init):
             mem[mode] = max(mem.get(mode, (0, 0)), (m_.peak, m_.delta))
             s = ph.s
             split = {"rollouts": s["rollouts"],
-                     "groups": s["groups"] - s["rollouts"],
+                     "groups": s["groups"],
                      "forward": s["logprobs"],
-                     "loss": s["step"] - s["groups"] - s["logprobs"],
+                     "loss": s["loss"] - s["logprobs"],
                      "backward": s["backward"],
                      "optimizer": s["optimizer"]}
             split["total"] = sum(split.values())

@@ -32,7 +32,7 @@ def grad_norm(model, loss):
 
 def diagnose(model, tok, problems, cfg, tau):
     """Per source: {mean_logprob, frac_p<0.1, frac_p<tau, mean_inv_p, max_inv_p, grad_sft, grad_gft, tokens}."""
-    groups, _ = train.build_groups(model, tok, problems, cfg, 0, 1, 3, 4)
+    groups, _ = train.build_groups(tok, problems, cfg, 0, 1, 3, train.sample_rollouts(model, tok, problems, cfg, 0, 4))
     batch = gft.flatten_groups(groups, tok.pad_id)
     dev = next(model.parameters()).device
     tokens, resp = batch.tokens.to(dev), batch.resp_mask.to(dev)
@@ -76,7 +76,7 @@ def main():
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=os.path.join(ROOT, "results"), help="folder for premise.md / premise.jsonl")
     a = ap.parse_args()
-    cfg = train.check_config(train.Config(mode="gft", init=a.init, tau=a.tau, device=a.device))
+    cfg = train.make_config(mode="gft", init=a.init, tau=a.tau, device=a.device)
     ck = train.load_checkpoint(a.init)
     model = train.model_from_checkpoint(ck, a.init).to(train.pick_device(a.device))
     tok = D.Tokenizer(ck.get("tokenizer", "bytes"))

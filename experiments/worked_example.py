@@ -23,7 +23,7 @@ import data as D
 import gft
 
 OPERANDS = (23, 45, 12, 67)  # data.py's own docstring example
-TEACHER_SEED = 0             # with error_rate 0.25, this draw gives 2 right teachers and 1 wrong
+TEACHER_SEED = 0             # with D.TEACHER_ERROR (0.25), this draw gives 2 right teachers and 1 wrong
 ROLLOUTS = [  # fixed, so the example needs no trained model
     ("23+45=68;68+12=80;80+67=147;#### 147", "right, canonical order"),
     ("23+45=68;68+12=80;80+67=137;#### 137", "carry slip in the last step"),
@@ -40,7 +40,7 @@ TAUS = (0.0, 0.5, 1.0)
 def build_group():
     """(problem, [(source, text, note)]) for the one prompt of the example."""
     problem = D.make_problem(OPERANDS)
-    teachers = D.teacher_solutions(problem, 3, random.Random(TEACHER_SEED), error_rate=0.25)
+    teachers = D.teacher_solutions(problem, 3, random.Random(TEACHER_SEED), error_rate=D.TEACHER_ERROR)
     rows = [("expert", problem.expert, "the dataset's demonstration")]
     for t in teachers:
         ok = D.verify(t, problem.answer) == 1.0

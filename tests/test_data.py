@@ -246,8 +246,8 @@ def test_invalid_split_and_task_settings_raise_naming_them():
         make_split("train", 0)
     with pytest.raises(ValueError, match="train_ops"):
         TaskConfig(train_ops=1)
-    with pytest.raises(ValueError, match="teacher_error"):
-        TaskConfig(teacher_error=1.5)
+    with pytest.raises(ValueError, match="probe_share"):
+        TaskConfig(probe_share=1.5)
     with pytest.raises(ValueError, match="fewer than"):
         make_split("probe", 500, cfg=TaskConfig(digits=1))  # only 45 such problems exist
 
