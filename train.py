@@ -13,12 +13,6 @@ number is the whole data position and RNG state: a resumed run replays exactly t
 uninterrupted run would have taken (bitwise on CPU). Checkpoints are written atomically.
 Several processes: `torchrun --nproc_per_node N train.py MODE ...` (DDP, gloo on CPU, nccl on GPU);
 each rank takes a slice of every step's prompts and the loss is normalised by the global count.
-
-Test-only fault injection (tests/test_reliability.py; never set it otherwise): the environment
-variable GFT_FAULT=WHAT:N fails the run on purpose at step N, counted from 1 as the progress
-lines count. WHAT is kill_in_step (SIGKILL after the backward, before the optimizer step),
-kill_in_ckpt (SIGKILL while writing the checkpoint of step N: its .tmp file half written, the
-rename not done) or nan_loss (the loss of step N multiplied by NaN).
 """
 import argparse
 import contextlib
@@ -28,7 +22,6 @@ import json
 import math
 import os
 import random
-import signal
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -232,25 +225,22 @@ def state_hash(state_dict):
     return h.hexdigest()[:16]
 
 
-def fault(what, step, tmp=None):
-    """Test-only fault injection (module docstring): act when GFT_FAULT is WHAT:STEP."""
-    if os.environ.get("GFT_FAULT") != f"{what}:{step}":
-        return False
-    if tmp:  # kill_in_ckpt: the kill finds the temporary file half written
-        os.truncate(tmp, os.path.getsize(tmp) // 2)
-    if what.startswith("kill"):
-        os.kill(os.getpid(), signal.SIGKILL)
-    return True
-
-
 def save_checkpoint(path, **obj):
-    """Atomic: write a temporary file, then rename over the old one, so a kill at any moment
-    leaves either the previous complete checkpoint or the new complete one."""
+    """Atomic: write a temporary file, flush it to disk, then rename it over the old one, so a kill
+    or a power cut at any moment leaves either the previous complete checkpoint or the new one."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    fault("kill_in_ckpt", obj.get("step"), tmp)
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def append_jsonl(path, row):
+    """One line of metrics.jsonl."""
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 def load_checkpoint(path):
@@ -307,13 +297,15 @@ def load_problems(cfg, tok, block_size):
             "probe": D.make_split("probe", cfg.eval_n, seed=0)}
 
 
-def check_fits(tok, problems, max_new_tokens, block_size):
-    """Prompt + response budget must fit the model; say which prompt does not."""
+def check_fits(tok, problems, max_new_tokens, block_size, from_init=False):
+    """Prompt + response budget must fit the model; say which prompt does not, and what to do."""
     for p in problems:
         n = len(tok.encode(p.prompt)) + max_new_tokens
         if n > block_size:
+            fix = (f"lower --max_new_tokens, or pretrain a new base with a larger --block_size (the --init "
+                   f"model's block is fixed)" if from_init else "raise --block_size or lower --max_new_tokens")
             raise ValueError(f"prompt {p.prompt[:40]!r} ({n - max_new_tokens} tokens) + max_new_tokens "
-                             f"{max_new_tokens} = {n} > block_size {block_size}")
+                             f"{max_new_tokens} = {n} > block_size {block_size}: {fix}")
 
 
 def left_pad(seqs, pad_id, device):
@@ -636,13 +628,48 @@ def fmt(m):
     return " | ".join(f"{label} {m[k]:{f}}" for k, label, f in keys if k in m)
 
 
+@dataclass
+class RunState:
+    """What the steps of run share: made by set_up, advanced by resume and the loop."""
+    rank: int
+    world: int
+    device: torch.device
+    tok: D.Tokenizer
+    model: GPT
+    splits: dict                 # problems: train (the fine-tuning pool), test, and built-in ood / probe
+    ckpt_path: str
+    metrics_path: str
+    init: dict = None            # the --init checkpoint
+    base: GPT = None             # frozen model that KL(base || model) is measured against
+    base_info: dict = None       # its path, sha and weights, kept in every checkpoint
+    optim: torch.optim.Optimizer = None
+    logprob_fn: torch.nn.Module = None  # LogProbs(model), maybe DDP- or compile-wrapped
+    start: int = 0               # first step to run: the resumed checkpoint's step
+    skipped: int = 0             # non-finite steps skipped so far
+    finished: bool = False
+    gate: dict = None            # the pretraining gate's last check
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+
 def run(cfg):
     """Train (or evaluate) one mode; returns the final evaluation metrics."""
+    s = set_up(cfg)
+    if cfg.mode == "eval":
+        return evaluate_init(cfg, s)
+    resume(cfg, s)
+    loop(cfg, s)
+    return finish(cfg, s)
+
+
+def set_up(cfg):
+    """Processes, seed, tokenizer, the model (new, or --init's and its base), the problems."""
     rank, world, device = setup_distributed(cfg)
-    master = rank == 0
     torch.manual_seed(cfg.seed)
     tok = D.Tokenizer(cfg.tokenizer)
-    base_info, base = None, None
+    init, base, base_info = None, None, None
     if cfg.init:
         init = load_checkpoint(cfg.init)
         model = model_from_checkpoint(init, cfg.init)
@@ -663,136 +690,153 @@ def run(cfg):
     if base is not None:
         base.to(device).eval().requires_grad_(False)
     splits = load_problems(cfg, tok, model.config.block_size)
-    check_fits(tok, splits["train"] + splits["test"], cfg.max_new_tokens, model.config.block_size)
+    check_fits(tok, splits["train"] + splits["test"], cfg.max_new_tokens, model.config.block_size, bool(cfg.init))
+    return RunState(rank, world, device, tok, model, splits, os.path.join(cfg.out, "ckpt.pt"),
+                    os.path.join(cfg.out, "metrics.jsonl"), init, base, base_info)
 
-    if cfg.mode == "eval":
-        r = evaluate(model, tok, splits, cfg, base)
-        r["step"] = init["step"]  # the checkpoint's: how long its model was trained
-        if master:
-            os.makedirs(cfg.out, exist_ok=True)
-            with open(os.path.join(cfg.out, "metrics.jsonl"), "w") as f:
-                f.write(json.dumps({"final": r}) + "\n")
-            print(json.dumps(r, indent=1))
-        return r
 
-    optim = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    ckpt_path = os.path.join(cfg.out, "ckpt.pt")
-    metrics_path = os.path.join(cfg.out, "metrics.jsonl")
-    start, skipped, finished, gate = 0, 0, False, None
-    if cfg.resume and os.path.exists(ckpt_path):
-        ck = load_checkpoint(ckpt_path)
+def evaluate_init(cfg, s):
+    """eval mode: the --init model's held-out metrics, printed and written to --out."""
+    r = evaluate(s.model, s.tok, s.splits, cfg, s.base)
+    r["step"] = s.init["step"]  # the checkpoint's: how long its model was trained
+    if s.master:
+        os.makedirs(cfg.out, exist_ok=True)
+        with open(s.metrics_path, "w") as f:
+            f.write(json.dumps({"final": r}) + "\n")
+        print(json.dumps(r, indent=1))
+    return r
+
+
+def resume(cfg, s):
+    """The optimiser; with --resume, the run in --out continues from its checkpoint. Then the log's head."""
+    s.optim = make_optimizer(s.model, cfg.lr, cfg.weight_decay)
+    if cfg.resume and os.path.exists(s.ckpt_path):
+        ck = load_checkpoint(s.ckpt_path)
         changed = {k: (ck["config"].get(k), v) for k, v in dataclasses.asdict(cfg).items()
                    if k not in RUN_KEYS_IGNORED_ON_RESUME and ck["config"].get(k) != v}
         if changed and not cfg.override:
-            raise ValueError(f"--resume with settings that differ from {ckpt_path}: "
+            raise ValueError(f"--resume with settings that differ from {s.ckpt_path}: "
                              + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
                              + " (pass --override true to continue anyway)")
-        model.load_state_dict(ck["model"])
-        optim.load_state_dict(ck["optimizer"])
-        start, skipped = ck["step"], ck.get("skipped", 0)
-        gate = ck.get("gate")  # a gated run ends at its first met check; otherwise at --steps (which a resume may raise)
-        finished = bool(gate and gate["met"]) or start >= cfg.steps
-        if master:
-            print(f"resumed {ckpt_path} at step {start}")
-    elif cfg.resume and master:
+        s.model.load_state_dict(ck["model"])
+        s.optim.load_state_dict(ck["optimizer"])
+        s.start, s.skipped = ck["step"], ck.get("skipped", 0)
+        s.gate = ck.get("gate")  # a gated run ends at its first met check; otherwise at --steps (a resume may raise it)
+        s.finished = bool(s.gate and s.gate["met"]) or s.start >= cfg.steps
+        if s.master:
+            print(f"resumed {s.ckpt_path} at step {s.start}")
+    elif cfg.resume and s.master:
         print(f"--resume: no checkpoint in {cfg.out} yet, starting fresh")
-    ref_model = base if cfg.mode == "grpo" and cfg.kl_beta > 0 else None
-    logprob_fn = LogProbs(model)
-    if world > 1:  # gradients are all-reduced (averaged) in backward; see ddp_weight
-        logprob_fn = torch.nn.parallel.DistributedDataParallel(logprob_fn)
+    s.logprob_fn = LogProbs(s.model)
+    if s.world > 1:  # gradients are all-reduced (averaged) in backward; see ddp_weight
+        s.logprob_fn = torch.nn.parallel.DistributedDataParallel(s.logprob_fn)
     if cfg.compile:
-        logprob_fn = torch.compile(logprob_fn)
-
-    gate_probs = D.make_split("val", cfg.gate_n, seed=0) if cfg.mode == "pretrain" and cfg.gate_pass1 > 0 else None
-
-    def checkpoint(step):
-        if master:
-            save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=optim.state_dict(), step=step,
-                            skipped=skipped, finished=finished, gate=gate, config=dataclasses.asdict(cfg),
-                            model_config=dataclasses.asdict(model.config), base=base_info,
-                            tokenizer=cfg.tokenizer)
-
-    if master:
+        s.logprob_fn = torch.compile(s.logprob_fn)
+    if s.master:
         os.makedirs(cfg.out, exist_ok=True)
-        _trim_metrics(metrics_path, start)
-        if start == 0:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps({"config": dataclasses.asdict(cfg), "world": world,
-                                    "params": model.num_params(), "base": base_info and base_info["sha"]}) + "\n")
-        print(f"{cfg.mode}: {cfg.steps} steps on {device} x{world}, {model.num_params() / 1e6:.2f}M params "
+        _trim_metrics(s.metrics_path, s.start)
+        if s.start == 0:
+            append_jsonl(s.metrics_path, {"config": dataclasses.asdict(cfg), "world": s.world,
+                                          "params": s.model.num_params(), "base": s.base_info and s.base_info["sha"]})
+        print(f"{cfg.mode}: {cfg.steps} steps on {s.device} x{s.world}, {s.model.num_params() / 1e6:.2f}M params "
               f"(non-embedding), lr {cfg.lr:g}, out {cfg.out}")
-    model.train()
-    t_last, tok_count, logged = time.time(), 0, start
-    for step in range(start, cfg.steps if not finished else start):
+
+
+def loop(cfg, s):
+    """Steps s.start .. --steps: train, log, check the gate, checkpoint; stop early when the gate is met."""
+    ref_model = s.base if cfg.mode == "grpo" and cfg.kl_beta > 0 else None
+    gate_probs = D.make_split("val", cfg.gate_n, seed=0) if cfg.mode == "pretrain" and cfg.gate_pass1 > 0 else None
+    s.model.train()
+    t_last, tok_count, logged = time.time(), 0, s.start
+    for step in range(s.start, cfg.steps if not s.finished else s.start):
         torch.manual_seed(cfg.seed * 100003 + step)  # dropout, if any: a function of the step
-        for g in optim.param_groups:
+        for g in s.optim.param_groups:
             g["lr"] = lr_at(step, cfg)
-        loss, m = train_step(model, logprob_fn, tok, cfg, step, splits["train"], ref_model, rank, world)
-        if fault("nan_loss", step + 1):
-            loss = loss * math.nan
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-        fault("kill_in_step", step + 1)
-        bad = [name for name, v in (("loss", loss.item()), ("grad norm", gnorm.item())) if not math.isfinite(v)]
-        if bad:
-            if not cfg.skip_nonfinite:
-                raise FloatingPointError(f"step {step + 1}: non-finite {' and '.join(bad)}; stopping. The last "
-                                         f"checkpoint {ckpt_path} is intact (pass --skip_nonfinite true to skip such steps)")
-            skipped += 1
-            optim.zero_grad(set_to_none=True)
-            if master:
-                print(f"step {step + 1}: non-finite {' and '.join(bad)}, skipped ({skipped} so far)")
-        else:
-            optim.step()
-        tok_count += m["tokens"] * world
+        loss, m = train_step(s.model, s.logprob_fn, s.tok, cfg, step, s.splits["train"], ref_model, s.rank, s.world)
+        gnorm = update(cfg, s, step, loss)
+        tok_count += m["tokens"] * s.world
         last = step + 1 == cfg.steps
         evaluated = bool(cfg.eval_every) and (step + 1) % cfg.eval_every == 0 and not last
-        if ((step + 1) % cfg.log_every == 0 or evaluated or last) and master:  # an evaluation is always logged
+        if ((step + 1) % cfg.log_every == 0 or evaluated or last) and s.master:  # an evaluation is always logged
             dt = time.time() - t_last  # training time since the last line; evaluation not included
-            m.update(step=step + 1, grad_norm=gnorm.item(), lr=lr_at(step, cfg), skipped=skipped,
+            m.update(step=step + 1, grad_norm=gnorm, lr=lr_at(step, cfg), skipped=s.skipped,
                      ms_per_step=1000 * dt / (step + 1 - logged), tok_per_s=tok_count / dt)
             if evaluated:
-                m.update(evaluate(model, tok, splits, cfg, base, full=False))
+                m.update(evaluate(s.model, s.tok, s.splits, cfg, s.base, full=False))
             print(f"step {step + 1}/{cfg.steps} | {fmt(m)}", flush=True)
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(m) + "\n")
+            append_jsonl(s.metrics_path, m)
             t_last, tok_count, logged = time.time(), 0, step + 1
         if gate_probs is not None and ((step + 1) % cfg.gate_every == 0 or last):
             t_gate = time.time()
-            g = gate_check(model, tok, gate_probs, cfg, step + 1) if master else {}
-            met = rank0_says(master and g["val_pass@1"] >= cfg.gate_pass1, world, device)
-            gate = dict(met=met, step=step + 1, target=cfg.gate_pass1, **g)
-            if master:
-                print(f"gate at step {step + 1}: val pass@1 {g['val_pass@1']:.3f} (target {cfg.gate_pass1}), "
-                      f"val greedy {g['val_acc']:.3f}: {'met, pretraining stops' if met else 'not yet'}", flush=True)
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps({"gate": gate}) + "\n")  # its own row: training rows alone carry "step"
-            finished = met or last
+            s.finished = check_gate(cfg, s, gate_probs, step + 1) or last
             t_last += time.time() - t_gate  # ms/step and tok/s count training time only
         else:
-            finished = last
-        if (step + 1) % cfg.ckpt_every == 0 or finished:
-            checkpoint(step + 1)
-        if finished:
+            s.finished = last
+        if (step + 1) % cfg.ckpt_every == 0 or s.finished:
+            checkpoint(cfg, s, step + 1)
+        if s.finished:
             break
+
+
+def update(cfg, s, step, loss):
+    """Backward, clip, optimiser step; a non-finite loss or gradient stops the run (or, with
+    --skip_nonfinite, skips the step). Returns the gradient norm before clipping."""
+    s.optim.zero_grad(set_to_none=True)
+    loss.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+    bad = [name for name, v in (("loss", loss.item()), ("grad norm", gnorm.item())) if not math.isfinite(v)]
+    if not bad:
+        s.optim.step()
+        return gnorm.item()
+    if not cfg.skip_nonfinite:
+        raise FloatingPointError(f"step {step + 1}: non-finite {' and '.join(bad)}; stopping. The last "
+                                 f"checkpoint {s.ckpt_path} is intact (pass --skip_nonfinite true to skip such steps)")
+    s.skipped += 1
+    s.optim.zero_grad(set_to_none=True)
+    if s.master:
+        print(f"step {step + 1}: non-finite {' and '.join(bad)}, skipped ({s.skipped} so far)")
+    return gnorm.item()
+
+
+def check_gate(cfg, s, problems, step):
+    """The pretraining gate at this step: measure on val, log it, keep it in s.gate; True when met."""
+    g = gate_check(s.model, s.tok, problems, cfg, step) if s.master else {}
+    met = rank0_says(s.master and g["val_pass@1"] >= cfg.gate_pass1, s.world, s.device)
+    s.gate = dict(met=met, step=step, target=cfg.gate_pass1, **g)
+    if s.master:
+        print(f"gate at step {step}: val pass@1 {g['val_pass@1']:.3f} (target {cfg.gate_pass1}), "
+              f"val greedy {g['val_acc']:.3f}: {'met, pretraining stops' if met else 'not yet'}", flush=True)
+        append_jsonl(s.metrics_path, {"gate": s.gate})  # its own row: training rows alone carry "step"
+    return met
+
+
+def checkpoint(cfg, s, step):
+    """Rank 0 writes the run's state at this step (save_checkpoint: atomic)."""
+    if s.master:
+        save_checkpoint(s.ckpt_path, model=s.model.state_dict(), optimizer=s.optim.state_dict(), step=step,
+                        skipped=s.skipped, finished=s.finished, gate=s.gate, config=dataclasses.asdict(cfg),
+                        model_config=dataclasses.asdict(s.model.config), base=s.base_info, tokenizer=cfg.tokenizer)
+
+
+def finish(cfg, s):
+    """Rank 0: the gate's warning if it was not met, the final evaluation, its line and a few failures."""
     r = {}
-    if master:
+    if s.master:
+        gate = s.gate
         if gate is not None and not gate["met"]:
             print(f"WARNING: the pretraining gate was not met in {cfg.steps} steps (val pass@1 "
                   f"{gate['val_pass@1']:.3f} < {cfg.gate_pass1}): this base is not ready for fine-tuning; "
                   f"resume with a larger --steps (--resume true --override true) or try another --seed")
-        r = evaluate(model, tok, splits, cfg, base)
+        r = evaluate(s.model, s.tok, s.splits, cfg, s.base)
         r["step"] = gate["step"] if gate else cfg.steps
         if gate is not None:
             r["gate"] = gate
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps({"final": r}) + "\n")
+        append_jsonl(s.metrics_path, {"final": r})
         print(f"final | {fmt(r)} | " + " | ".join(f"{k} {v:.3f}" for k, v in r.items()
                                                   if k.startswith(("acc_", "pass@", "paths"))))
         for fl in r.get("failures", []):
             print(f"  failure: {fl['prompt']} -> {fl['completion']!r} (expected {fl['expected']})")
-    if world > 1:
+    if s.world > 1:
         dist.barrier()
     return r
 
@@ -820,6 +864,8 @@ def _trim_metrics(path, step):
             and m.get("step", m.get("gate", {}).get("step", 0)) <= step] if step else []
     with open(path + ".tmp", "w") as f:
         f.writelines(keep)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(path + ".tmp", path)  # atomic, as checkpoints: a kill here loses no line
 
 

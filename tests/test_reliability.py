@@ -83,7 +83,7 @@ names the problem. "here" = this file; the others are tests that existed before 
 | resuming an --out that holds another mode's run | ValueError | here: test_resume_into_another_modes_run_is_an_error_naming_the_mode |
 | resuming from a damaged checkpoint | ValueError | here: test_resume_from_a_damaged_checkpoint_is_an_error_naming_it |
 
-Faults, with real subprocesses (train.py's test-only GFT_FAULT hook): SIGKILL inside a step
+Faults, with real subprocesses (tests/_faulty_train.py patches a fault into train.py): SIGKILL inside a step
 and while a checkpoint is half written, then --resume: same weights bitwise as an uninterrupted
 run, every log line once. In process: a NaN loss or gradient stops the run naming the step and
 the quantity, the last checkpoint byte-identical; --skip_nonfinite skips, counts and finishes.
@@ -106,6 +106,9 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import gft
 import train
+import _faulty_train  # tests/_faulty_train.py: pytest puts tests/ on sys.path
+
+real_train_step = train.train_step
 
 TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "96"]
 FAST = ["--eval_n", "4", "--passk_problems", "2", "--passk_n", "2", "--kl_n", "2", "--n_prompts", "32",
@@ -115,10 +118,11 @@ GFT = ["gft", "--steps", "4", "--ckpt_every", "2", "--prompts_per_step", "2", "-
 
 
 def train_py(*args, fault=None):
-    """`python train.py ARGS FAST` in a fresh process, one thread (bitwise-comparable runs)."""
-    env = {k: v for k, v in os.environ.items() if k != "GFT_FAULT"}
-    env.update(OMP_NUM_THREADS="1", **({"GFT_FAULT": fault} if fault else {}))
-    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args, *FAST], env=env, cwd=ROOT,
+    """`python train.py ARGS FAST` in a fresh process, one thread (bitwise-comparable runs); with
+    fault=WHAT:N, tests/_faulty_train.py runs it with that fault patched in."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    script = [os.path.join(ROOT, "tests", "_faulty_train.py"), fault] if fault else [os.path.join(ROOT, "train.py")]
+    return subprocess.run([sys.executable, *script, *args, *FAST], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=180)
 
 
@@ -517,14 +521,14 @@ def saved(monkeypatch):
 
 def test_nonfinite_loss_stops_naming_step_and_keeps_last_checkpoint_intact(base, tmp_path, monkeypatch, saved):
     out = str(tmp_path / "o")
-    monkeypatch.setenv("GFT_FAULT", "nan_loss:3")
+    _faulty_train.install("nan_loss", 3, monkeypatch.setattr)
     with pytest.raises(FloatingPointError, match=r"step 3: non-finite loss and grad norm; stopping.*"
                                                  + re.escape(os.path.join(out, "ckpt.pt")) + " is intact"):
         main(*GFT, "--init", base, "--out", out, "--ckpt_every", "1")
     assert list(saved) == [1, 2]
     with open(os.path.join(out, "ckpt.pt"), "rb") as f:
         assert f.read() == saved[2][0]  # byte-identical to what step 2 wrote
-    monkeypatch.delenv("GFT_FAULT")
+    monkeypatch.setattr(train, "train_step", real_train_step)
     main(*GFT, "--init", base, "--out", out, "--ckpt_every", "1", "--resume", "true")  # and it resumes
     assert ckpt(out)["step"] == 4
 
@@ -548,7 +552,7 @@ def test_nonfinite_gradient_with_finite_loss_stops_naming_the_gradient(base, tmp
 
 def test_skip_nonfinite_skips_the_step_counts_it_and_finishes(base, tmp_path, monkeypatch, saved, capsys):
     out = str(tmp_path / "o")
-    monkeypatch.setenv("GFT_FAULT", "nan_loss:3")
+    _faulty_train.install("nan_loss", 3, monkeypatch.setattr)
     main(*GFT, "--init", base, "--out", out, "--ckpt_every", "1", "--skip_nonfinite", "true")
     assert "step 3: non-finite loss and grad norm, skipped (1 so far)" in capsys.readouterr().out
     assert [m["skipped"] for m in metrics(out) if "step" in m] == [0, 0, 1, 1]
