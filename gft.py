@@ -5,45 +5,28 @@ Dynamic Coefficient Rectification", Gan et al., arXiv 2604.14258 (official code:
 ZJU-OmniAI/GFT, a fork of verl). Notation: pi the model, p_t = pi(y_t | x, y_<t) the
 probability of the chosen token t, sg() stop-gradient, tau the DCR threshold.
 
-Equations implemented here, in the paper's order:
-  (1) SFT gradient        grad L_SFT = -E_{y~p_exp} [ grad log pi(y|x) ]
-  (2) importance sampling            = -E_{y~pi} [ p_exp(y|x) / pi(y|x) * grad log pi(y|x) ]
-  (3) implicit reward     r(y) = p_exp(y|x) / pi(y|x)  (= 1[y = y*] / pi(y*|x) for one demo):
-      SFT is REINFORCE with a sparse, inverse-probability reward. `implicit_reward` and
-      `sft_as_policy_gradient_loss` write (2)-(3) as code; the tests check it by enumeration.
-  (4) GAL advantage       A_k = (R_k - mean_G R) / (std_G R + eps), sample std (Bessel),
-      over a hybrid group G of expert, teacher and rollout responses: `group_advantages`.
-  (5) DCR coefficient     C(p_t) = sg(p_t) if p_t < tau else 1: `dcr_coefficient`.
-      Gradient of (6) is -A * (C / p_t) * grad p_t, so the inverse-probability weight
-      C / p_t is at most max(1, 1/tau).
-  (6) per-token loss      l_t = -A(y) * C(p_t) * log p_t, masked token mean: `gft_loss`.
-  Limiting cases: tau = 0, A = 1 is SFT (`sft_loss`); tau = 1, A = 1 is DFT
-  (arXiv 2508.05629, `dft_loss`); tau = 0 on rollouts is one-update GRPO (`grpo_loss`).
+Equations, in the order this file defines them:
+  (5) DCR coefficient  C(p_t) = sg(p_t) if p_t < tau else 1                dcr_coefficient
+  (6) per-token loss   l_t = -A(y) * C(p_t) * log p_t, masked token mean    gft_loss
+  (4) GAL advantage    A_k = (R_k - mean_G R) / (std_G R + eps) over a hybrid group G of
+                       expert, teacher and rollout responses                group_advantages
+  (1)-(3) SFT is REINFORCE with the implicit reward r(y) = p_exp(y) / pi(y)
+                       implicit_reward, sft_as_policy_gradient_loss
+  Limiting cases: tau = 0, A = 1 is SFT (sft_loss); tau = 1, A = 1 is DFT (arXiv 2508.05629,
+  dft_loss); tau = 0 on rollouts is one-update GRPO (grpo_loss).
+Then the groups (flatten_groups), diagnostics, and the input checks every loss runs.
 
-Deviations from the paper or the official code, and why:
-  1. p_t = exp(log p_t) of the chosen token; the official code takes a full-vocabulary
-     softmax. Same value, and no (N, T, V) tensor is ever built.
-  2. Threshold: C = 1 when p_t >= tau, as the paper writes; the official code keeps 1 only
-     for p_t > tau. The two differ only at p_t == tau exactly.
-  3. A group of size 1 gets A = r exactly; verl gives (r - 0) / (1 + eps). Exact, so the
-     tau = 0 single-expert case equals SFT exactly rather than up to 1e-6.
-  4. A group (size >= 2) whose rewards are all equal gets A = 0 exactly, forced rather than
-     left to the rounding of r - mean.
-  5. Ragged groups: `group_advantages` takes a (P, K) presence mask (a real-data record may
-     have fewer teacher solutions). verl groups by uid, which allows the same.
-  6. Responses with no loss tokens contribute nothing: they are left out of the numerator
-     and of the response count of the seq-mean aggregations (verl's seq-mean divides by
-     all rows). A batch with no loss tokens at all is an error, not 0/0 = NaN.
-  7. Each response is tagged with its source (expert, teacher, rollout) for diagnostics;
-     the official code does not tag the expert. The tag never changes the loss.
-  8. Arithmetic in float32 (float64 if given) so bfloat16 inputs are safe; positions outside
-     the mask are replaced by 0 before any arithmetic, so padding garbage (-inf, NaN) cannot
-     reach a value or a gradient. NaN/inf/positive log-probs under the mask are errors.
-  9. grpo_loss (the baseline) clamps log-ratios to [-20, 20] before exp, as verl does, for
-     the PPO ratio and for k3; verl's extra clamp of k3 to [-10, 10] and dual-clip are left
-     out. GFT itself has no ratio, clip or KL (one on-policy update, as the official code).
- 10. `GroupBatch.zero_var` counts groups of size >= 2 with all-equal rewards; a size-1
-     group follows (3) (A = r) and is never counted.
+Deviations from the paper or the official code (README.md, "Deviations from the paper", says why):
+  1. p_t is exp(log p_t) of the chosen token, not a full-vocabulary softmax: same value.
+  2. C = 1 when p_t >= tau, as the paper writes; the official code keeps 1 only for p_t > tau.
+  3. A group of one response gets A = r exactly; verl gives r / (1 + eps).
+  4. A group of >= 2 equal rewards gets A = 0 exactly, not the rounding of r - mean.
+  5. Ragged groups: group_advantages takes a (P, K) presence mask.
+  6. A response with no loss tokens counts for nothing; a batch with none is an error.
+  7. Every response is tagged with its source (expert, teacher, rollout); the loss ignores it.
+  8. float32 arithmetic (float64 if given), padding zeroed first; NaN, inf or > 0 log-probs are errors.
+  9. grpo_loss clamps log-ratios to [-20, 20] as verl; verl's k3 clamp and dual-clip are left out.
+ 10. GroupBatch.zero_var counts groups of size >= 2 only (a size-1 group has A = r, deviation 3).
 """
 import math
 from dataclasses import dataclass
@@ -57,92 +40,68 @@ LOG_RATIO_CLAMP = 20.0  # verl's clamp of log(pi / pi_old) and log(pi_ref / pi) 
 
 
 # -----------------------------------------------------------------------------
-# input checks: every loss fails loudly, naming the problem
+# (5)-(6): DCR and the GFT loss
 
-def _float(t):
-    # compute dtype: float32, or float64 when given float64 (bfloat16 is too coarse for sums)
-    return t.to(torch.promote_types(t.dtype, torch.float32))
+def dcr_coefficient(logprobs, tau):
+    """C = p if p < tau else 1, with p = exp(logprobs); same shape, detached, eq. (5).
 
-
-def _bool_mask(fn, mask, shape, name="mask"):
-    if tuple(mask.shape) != tuple(shape):
-        raise ValueError(f"{fn}: {name} shape {tuple(mask.shape)} != expected {tuple(shape)}")
-    if mask.dtype == torch.bool:
-        return mask
-    if not ((mask == 0) | (mask == 1)).all():
-        raise ValueError(f"{fn}: {name} must be bool or hold only 0/1, got other values")
-    return mask != 0
-
-
-def _check_logprobs(fn, name, lp, m):
-    # only positions under the mask must be valid: padding may hold anything
-    if tuple(lp.shape) != tuple(m.shape):
-        raise ValueError(f"{fn}: {name} shape {tuple(lp.shape)} != mask shape {tuple(m.shape)}")
-    if not torch.isfinite(lp[m]).all():
-        raise ValueError(f"{fn}: {name} contain NaN or inf under the mask")
-    if (lp[m] > LOGPROB_TOL).any():
-        raise ValueError(f"{fn}: {name} must be <= 0 (log-probabilities), max is {lp[m].max().item():.3g}")
-
-
-def _check_batch(fn, logprobs, mask, advantages=None):
-    """Validate a (N, T) batch; return the bool mask (N, T)."""
-    if logprobs.dim() != 2:
-        raise ValueError(f"{fn}: logprobs must be (N, T), got shape {tuple(logprobs.shape)}")
-    if tuple(mask.shape) != tuple(logprobs.shape):
-        raise ValueError(f"{fn}: logprobs shape {tuple(logprobs.shape)} != mask shape {tuple(mask.shape)}")
-    m = _bool_mask(fn, mask, logprobs.shape)
-    if not m.any():
-        raise ValueError(f"{fn}: mask selects no response tokens")
-    _check_logprobs(fn, "logprobs", logprobs, m)
-    if advantages is not None:
-        if tuple(advantages.shape) != (logprobs.shape[0],):
-            raise ValueError(f"{fn}: advantages shape {tuple(advantages.shape)} != ({logprobs.shape[0]},)"
-                             " (one advantage per response)")
-        if not torch.isfinite(advantages).all():
-            raise ValueError(f"{fn}: advantages contain NaN or inf")
-    return m
-
-
-def _check_tau(fn, tau):
-    if not (0.0 <= float(tau) <= 1.0):  # also rejects NaN
-        raise ValueError(f"{fn}: tau must be in [0, 1], got {tau}")
-
-
-# -----------------------------------------------------------------------------
-# (1)-(3): SFT is a policy gradient with an implicit reward
-
-def implicit_reward(seq_logprobs, p_exp):
-    """r(y) = p_exp(y) / sg(pi(y)), eq. (3); (S,) -> (S,), no grad. One demo: 1[y=y*]/pi(y*)."""
-    return p_exp / seq_logprobs.detach().exp()
-
-
-def sft_as_policy_gradient_loss(seq_logprobs, p_exp):
-    """REINFORCE surrogate whose gradient is exactly SFT's, over a finite support of S outputs.
-
-    seq_logprobs (S,): log pi(y) with grad, for every y of an enumerated support.
-    p_exp (S,): the demonstration distribution (one-hot for a single demonstration y*).
-    Loss = -sum_y sg(pi(y)) * r(y) * log pi(y), i.e. the expectation over y ~ pi of
-    -r(y) log pi(y). Since sg(pi(y)) * r(y) = p_exp(y), its gradient is
-    -sum_y p_exp(y) grad log pi(y) = grad L_SFT: eq. (1) = eq. (2). Applied to one position
-    (S = vocabulary, pi = pi(.|x, y_<t)) it is the per-token form of the same identity.
+    tau = 0 gives C = 1 (SFT weights); tau = 1 gives C = p (DFT weights). Non-strict
+    threshold as the paper (deviation 2). The gradient of (6) is -A * (C / p_t) * grad p_t, so
+    the inverse-probability weight C / p_t is at most max(1, 1/tau).
     """
-    if seq_logprobs.shape != p_exp.shape or seq_logprobs.dim() != 1:
-        raise ValueError(f"sft_as_policy_gradient_loss: seq_logprobs shape {tuple(seq_logprobs.shape)}"
-                         f" and p_exp shape {tuple(p_exp.shape)} must be the same (S,)")
-    if (p_exp < 0).any() or abs(p_exp.sum().item() - 1.0) > 1e-4:
-        raise ValueError("sft_as_policy_gradient_loss: p_exp must be a distribution (>= 0, sums to 1)")
-    pi = seq_logprobs.detach().exp()                       # (S,) sampling weights, no grad
-    r = implicit_reward(seq_logprobs, p_exp)               # (S,)
-    return -(pi * r * seq_logprobs).sum()                  # minus: minimise = ascend E_pi[r log pi]
+    _check_tau("dcr_coefficient", tau)
+    p = _float(logprobs.detach()).exp()                     # chosen-token prob, no softmax (dev. 1)
+    return torch.where(p < tau, p, torch.ones_like(p))
+
+
+def gft_loss(logprobs, advantages, mask, tau, agg="token-mean"):
+    """GFT loss, eq. (6): scalar from logprobs (N, T), advantages (N,), mask (N, T).
+
+    logprobs are log pi of the chosen tokens, with grad (train.py: the model on
+    GroupBatch.tokens gives (N, L-1) log-probs of tokens[:, 1:]; mask = resp_mask[:, 1:]).
+    mask is bool or 0/1. Per token l_t = -A * C(p_t) * log p_t; see _aggregate for agg.
+    Returns a float32 scalar (float64 for float64 inputs).
+    """
+    m = _check_batch("gft_loss", logprobs, mask, advantages)
+    lp = torch.where(m, _float(logprobs), 0.0)              # (N, T), padding zeroed (dev. 8)
+    C = dcr_coefficient(lp, tau)                            # (N, T), no grad
+    A = _float(advantages)[:, None]                         # (N, 1): every token of y shares A(y)
+    loss_mat = -A * C * lp                                  # minus: minimising ascends A*C*log p
+    return _aggregate(loss_mat, m, agg)
+
+
+def _aggregate(loss_mat, m, agg):
+    """Scalar from per-token losses (N, T) under the bool mask m (N, T).
+
+    token-mean: sum over all masked tokens / their number (verl default). Every token weighs
+      the same, so a long response gets more total weight than a short one.
+    seq-mean-token-mean: mean over each response's tokens, then mean over responses with at
+      least one token. Every response weighs the same, so a token of a short response weighs
+      more than a token of a long one.
+    seq-mean-token-sum: sum over each response's tokens, then mean over those responses. The
+      loss scale grows with length; long responses dominate.
+    """
+    if agg not in AGGS:
+        raise ValueError(f"agg must be one of {AGGS}, got {agg!r}")
+    loss_mat = torch.where(m, loss_mat, 0.0)
+    if agg == "token-mean":
+        return loss_mat.sum() / m.sum()
+    n_tok = m.sum(1)                                        # (N,) tokens per response
+    seq = loss_mat.sum(1)                                   # (N,)
+    if agg == "seq-mean-token-mean":
+        seq = seq / n_tok.clamp(min=1)
+    return seq[n_tok > 0].mean()                            # empty responses count for nothing
 
 
 # -----------------------------------------------------------------------------
 # (4): group advantages (GAL)
 
 def group_advantages(rewards, eps=1e-6, scale=True, mask=None):
-    """Advantages (P, K) from rewards (P, K), prompts x group members, eq. (4).
+    """Advantages (P, K) from rewards (P, K), prompts x group members, eq. (4):
 
-    scale=True: (r - mean) / (std + eps) with the sample std (Bessel), as verl's grpo
+        A_i = (r_i - mean r) / (std r + eps)    over the members i of each group (each row)
+
+    The rest is edge cases. scale=True: (r - mean) / (std + eps) with the sample std (Bessel), as verl's grpo
     estimator; scale=False: r - mean (Dr. GRPO). mask (P, K) marks the members present
     (ragged groups); absent members get A = 0 and are left out of mean and std. A group of
     one member gets A = r (deviation 3); a group of >= 2 equal rewards gets A = 0 exactly.
@@ -171,57 +130,7 @@ def group_advantages(rewards, eps=1e-6, scale=True, mask=None):
 
 
 # -----------------------------------------------------------------------------
-# (5)-(6): DCR and the losses
-
-def dcr_coefficient(logprobs, tau):
-    """C = p if p < tau else 1, with p = exp(logprobs); same shape, detached, eq. (5).
-
-    tau = 0 gives C = 1 (SFT weights); tau = 1 gives C = p (DFT weights). Non-strict
-    threshold as the paper (deviation 2).
-    """
-    _check_tau("dcr_coefficient", tau)
-    p = _float(logprobs.detach()).exp()                     # chosen-token prob, no softmax (dev. 1)
-    return torch.where(p < tau, p, torch.ones_like(p))
-
-
-def _aggregate(loss_mat, m, agg):
-    """Scalar from per-token losses (N, T) under the bool mask m (N, T).
-
-    token-mean: sum over all masked tokens / their number (verl default). Every token weighs
-      the same, so a long response gets more total weight than a short one.
-    seq-mean-token-mean: mean over each response's tokens, then mean over responses with at
-      least one token. Every response weighs the same, so a token of a short response weighs
-      more than a token of a long one.
-    seq-mean-token-sum: sum over each response's tokens, then mean over those responses. The
-      loss scale grows with length; long responses dominate.
-    """
-    if agg not in AGGS:
-        raise ValueError(f"agg must be one of {AGGS}, got {agg!r}")
-    loss_mat = torch.where(m, loss_mat, 0.0)
-    if agg == "token-mean":
-        return loss_mat.sum() / m.sum()
-    n_tok = m.sum(1)                                        # (N,) tokens per response
-    seq = loss_mat.sum(1)                                   # (N,)
-    if agg == "seq-mean-token-mean":
-        seq = seq / n_tok.clamp(min=1)
-    return seq[n_tok > 0].mean()                            # empty responses count for nothing
-
-
-def gft_loss(logprobs, advantages, mask, tau, agg="token-mean"):
-    """GFT loss, eq. (6): scalar from logprobs (N, T), advantages (N,), mask (N, T).
-
-    logprobs are log pi of the chosen tokens, with grad (train.py: the model on
-    GroupBatch.tokens gives (N, L-1) log-probs of tokens[:, 1:]; mask = resp_mask[:, 1:]).
-    mask is bool or 0/1. Per token l_t = -A * C(p_t) * log p_t; see _aggregate for agg.
-    Returns a float32 scalar (float64 for float64 inputs).
-    """
-    m = _check_batch("gft_loss", logprobs, mask, advantages)
-    lp = torch.where(m, _float(logprobs), 0.0)              # (N, T), padding zeroed (dev. 8)
-    C = dcr_coefficient(lp, tau)                            # (N, T), no grad
-    A = _float(advantages)[:, None]                         # (N, 1): every token of y shares A(y)
-    loss_mat = -A * C * lp                                  # minus: minimising ascends A*C*log p
-    return _aggregate(loss_mat, m, agg)
-
+# baselines: SFT, DFT and GRPO as limiting cases, and SFT as a policy gradient (1)-(3)
 
 def sft_loss(logprobs, mask):
     """SFT cross-entropy: -log p_t, token mean. GFT with tau = 0 (C = 1) and A = 1."""
@@ -262,6 +171,31 @@ def grpo_loss(logprobs, old_logprobs, advantages, mask, clip_eps=0.2, ref_logpro
         d = (ref - lp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)       # log(pi_ref / pi)
         loss_mat = loss_mat + beta * (d.exp() - d - 1.0)               # plus: penalise drift
     return _aggregate(loss_mat, m, agg)
+
+
+def implicit_reward(seq_logprobs, p_exp):
+    """r(y) = p_exp(y) / sg(pi(y)), eq. (3); (S,) -> (S,), no grad. One demo: 1[y=y*]/pi(y*)."""
+    return p_exp / seq_logprobs.detach().exp()
+
+
+def sft_as_policy_gradient_loss(seq_logprobs, p_exp):
+    """REINFORCE surrogate whose gradient is exactly SFT's, over a finite support of S outputs.
+
+    seq_logprobs (S,): log pi(y) with grad, for every y of an enumerated support.
+    p_exp (S,): the demonstration distribution (one-hot for a single demonstration y*).
+    Loss = -sum_y sg(pi(y)) * r(y) * log pi(y), i.e. the expectation over y ~ pi of
+    -r(y) log pi(y). Since sg(pi(y)) * r(y) = p_exp(y), its gradient is
+    -sum_y p_exp(y) grad log pi(y) = grad L_SFT: eq. (1) = eq. (2). Applied to one position
+    (S = vocabulary, pi = pi(.|x, y_<t)) it is the per-token form of the same identity.
+    """
+    if seq_logprobs.shape != p_exp.shape or seq_logprobs.dim() != 1:
+        raise ValueError(f"sft_as_policy_gradient_loss: seq_logprobs shape {tuple(seq_logprobs.shape)}"
+                         f" and p_exp shape {tuple(p_exp.shape)} must be the same (S,)")
+    if (p_exp < 0).any() or abs(p_exp.sum().item() - 1.0) > 1e-4:
+        raise ValueError("sft_as_policy_gradient_loss: p_exp must be a distribution (>= 0, sums to 1)")
+    pi = seq_logprobs.detach().exp()                       # (S,) sampling weights, no grad
+    r = implicit_reward(seq_logprobs, p_exp)               # (S,)
+    return -(pi * r * seq_logprobs).sum()                  # minus: minimise = ascend E_pi[r log pi]
 
 
 # -----------------------------------------------------------------------------
@@ -376,3 +310,55 @@ def source_stats(batch):
             out[f"adv/{s}"] = batch.advantages[rows].mean().item()
     out["frac_zero_var"] = batch.frac_zero_var
     return out
+
+
+# -----------------------------------------------------------------------------
+# input checks: every loss fails loudly, naming the problem
+
+def _float(t):
+    # compute dtype: float32, or float64 when given float64 (bfloat16 is too coarse for sums)
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def _bool_mask(fn, mask, shape, name="mask"):
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"{fn}: {name} shape {tuple(mask.shape)} != expected {tuple(shape)}")
+    if mask.dtype == torch.bool:
+        return mask
+    if not ((mask == 0) | (mask == 1)).all():
+        raise ValueError(f"{fn}: {name} must be bool or hold only 0/1, got other values")
+    return mask != 0
+
+
+def _check_logprobs(fn, name, lp, m):
+    # only positions under the mask must be valid: padding may hold anything
+    if tuple(lp.shape) != tuple(m.shape):
+        raise ValueError(f"{fn}: {name} shape {tuple(lp.shape)} != mask shape {tuple(m.shape)}")
+    if not torch.isfinite(lp[m]).all():
+        raise ValueError(f"{fn}: {name} contain NaN or inf under the mask")
+    if (lp[m] > LOGPROB_TOL).any():
+        raise ValueError(f"{fn}: {name} must be <= 0 (log-probabilities), max is {lp[m].max().item():.3g}")
+
+
+def _check_batch(fn, logprobs, mask, advantages=None):
+    """Validate a (N, T) batch; return the bool mask (N, T)."""
+    if logprobs.dim() != 2:
+        raise ValueError(f"{fn}: logprobs must be (N, T), got shape {tuple(logprobs.shape)}")
+    if tuple(mask.shape) != tuple(logprobs.shape):
+        raise ValueError(f"{fn}: logprobs shape {tuple(logprobs.shape)} != mask shape {tuple(mask.shape)}")
+    m = _bool_mask(fn, mask, logprobs.shape)
+    if not m.any():
+        raise ValueError(f"{fn}: mask selects no response tokens")
+    _check_logprobs(fn, "logprobs", logprobs, m)
+    if advantages is not None:
+        if tuple(advantages.shape) != (logprobs.shape[0],):
+            raise ValueError(f"{fn}: advantages shape {tuple(advantages.shape)} != ({logprobs.shape[0]},)"
+                             " (one advantage per response)")
+        if not torch.isfinite(advantages).all():
+            raise ValueError(f"{fn}: advantages contain NaN or inf")
+    return m
+
+
+def _check_tau(fn, tau):
+    if not (0.0 <= float(tau) <= 1.0):  # also rejects NaN
+        raise ValueError(f"{fn}: tau must be in [0, 1], got {tau}")
