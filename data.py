@@ -333,13 +333,13 @@ def teacher_solutions(problem, n, rng, error_rate=TEACHER_ERROR):
 FIELDS = {"prompt": str, "answer": str, "expert": str, "teachers": list}
 
 
-def load_jsonl(path, tokenizer=None, block_size=None):
+def load_jsonl(path, tokenizer=None, block_size=None, fix="raise block_size or drop the record yourself"):
     """Read problems from JSONL, one record per line:
         {"prompt": str, "answer": str, "expert": str, "teachers": [str, ...]}
     Every problem (file, line) is an error that names the file and line: a missing file, an
     empty file, a blank or malformed line, a missing field or one of the wrong type, bytes that
     are not UTF-8. With tokenizer and block_size, a prompt + expert longer than the block is an
-    error too (never truncated). Expert solutions that fail the verifier are kept (their reward
+    error too (never truncated; fix says what to do). Expert solutions that fail the verifier are kept (their reward
     is 0) and reported on stdout with their line numbers.
     """
     if not os.path.exists(path):
@@ -379,7 +379,7 @@ def load_jsonl(path, tokenizer=None, block_size=None):
             n = len(tokenizer.encode(rec["prompt"])) + len(tokenizer.encode(rec["expert"])) + 1
             if n > block_size:
                 raise ValueError(f"{where}: prompt + expert is {n} tokens, longer than block_size "
-                                 f"{block_size} (raise block_size or drop the record yourself)")
+                                 f"{block_size} ({fix})")
         if verify(rec["expert"], rec["answer"]) != 1.0:
             failing.append(i)
         problems.append(Problem(prompt=rec["prompt"], answer=rec["answer"], expert=rec["expert"],

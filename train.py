@@ -17,11 +17,13 @@ each rank takes a slice of every step's prompts and the loss is normalised by th
 import argparse
 import contextlib
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
 import os
 import random
+import sys
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -145,7 +147,10 @@ def parse_args(argv=None):
             p.add_argument(f"--{f.name}", type=f.type, default=f.default, help=h)
     ns, unknown = p.parse_known_args(argv)
     if unknown:
-        raise SystemExit(f"error: unknown setting(s) {unknown}; see python train.py --help")
+        known = [f"--{f.name}" for f in dataclasses.fields(Config)]
+        close = [m for u in unknown if u.startswith("--") for m in difflib.get_close_matches(u.split("=")[0], known, 1)]
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise SystemExit(f"error: unknown setting(s) {unknown}{hint} (see python train.py --help)")
     return make_config(**vars(ns))
 
 
@@ -282,14 +287,19 @@ def torch_gen(seed, step, tag, device):
     return g
 
 
-def load_problems(cfg, tok, block_size):
+def load_problems(cfg, tok, block_size, verbose=False):
     """The fine-tuning pool and the evaluation splits. Built-in task unless --data is given;
     with --data, the last 10% of the file (at least 1) is the held-out test split."""
     if cfg.data:
-        probs = D.load_jsonl(cfg.data, tok, block_size)
+        fix = ("pretrain a new base with a larger --block_size (the --init model's block is fixed), or drop "
+               "the record" if cfg.init else "raise --block_size or drop the record")
+        probs = D.load_jsonl(cfg.data, tok, block_size, fix=fix)
         n_test = max(1, len(probs) // 10)
         if len(probs) < 2:
             raise ValueError(f"{cfg.data}: need at least 2 records (train + test), got {len(probs)}")
+        if verbose:
+            print(f"{cfg.data}: {len(probs)} records read: the first {len(probs) - n_test} are the fine-tuning "
+                  f"pool, the last {n_test} the held-out test split")
         return {"train": probs[:-n_test], "test": probs[-n_test:]}
     return {"train": D.make_split("train", cfg.n_prompts, seed=cfg.seed),
             "test": D.make_split(cfg.eval_split, cfg.eval_n, seed=0),  # seed 0: every run evaluates the same problems
@@ -689,7 +699,7 @@ def set_up(cfg):
     model.to(device)
     if base is not None:
         base.to(device).eval().requires_grad_(False)
-    splits = load_problems(cfg, tok, model.config.block_size)
+    splits = load_problems(cfg, tok, model.config.block_size, verbose=rank == 0)
     check_fits(tok, splits["train"] + splits["test"], cfg.max_new_tokens, model.config.block_size, bool(cfg.init))
     return RunState(rank, world, device, tok, model, splits, os.path.join(cfg.out, "ckpt.pt"),
                     os.path.join(cfg.out, "metrics.jsonl"), init, base, base_info)
@@ -703,7 +713,7 @@ def evaluate_init(cfg, s):
         os.makedirs(cfg.out, exist_ok=True)
         with open(s.metrics_path, "w") as f:
             f.write(json.dumps({"final": r}) + "\n")
-        print(json.dumps(r, indent=1))
+        print_final(r)
     return r
 
 
@@ -832,13 +842,18 @@ def finish(cfg, s):
         if gate is not None:
             r["gate"] = gate
         append_jsonl(s.metrics_path, {"final": r})
-        print(f"final | {fmt(r)} | " + " | ".join(f"{k} {v:.3f}" for k, v in r.items()
-                                                  if k.startswith(("acc_", "pass@", "paths"))))
-        for fl in r.get("failures", []):
-            print(f"  failure: {fl['prompt']} -> {fl['completion']!r} (expected {fl['expected']})")
+        print_final(r)
     if s.world > 1:
         dist.barrier()
     return r
+
+
+def print_final(r):
+    """The final evaluation's line, then a few failures (prompt, completion, expected)."""
+    print(f"final | {fmt(r)} | " + " | ".join(f"{k} {v:.3f}" for k, v in r.items()
+                                              if k.startswith(("acc_", "pass@", "paths"))))
+    for fl in r.get("failures", []):
+        print(f"  failure: {fl['prompt']} -> {fl['completion']!r} (expected {fl['expected']})")
 
 
 def rank0_says(flag, world, device):
@@ -911,11 +926,25 @@ def main(argv=None):
     if cfg.mode == "demo":
         return demo(cfg)
     try:
-        return run(cfg)
+        r = run(cfg)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+    if cfg.mode == "eval" and r:
+        print(json.dumps(r, indent=1))  # eval's result in full, for scripts
+    return r
+
+
+def cli():
+    """main, with a bad input (setting, file, checkpoint, data) ending in one line on stderr and
+    exit code 1 instead of a traceback; GFT_DEBUG=1 shows the traceback."""
+    try:
+        main()
+    except (ValueError, OSError, RuntimeError, FloatingPointError) as e:
+        if os.environ.get("GFT_DEBUG") == "1":
+            raise
+        sys.exit(f"error: {' '.join(str(e).split())}")
 
 
 if __name__ == "__main__":
-    main()
+    cli()

@@ -165,6 +165,10 @@ def main(*args):
     return train.main(list(args) + FAST)
 
 
+FAST_SETTINGS = {FAST[i][2:]: train.parse_args(["pretrain", FAST[i], FAST[i + 1]]).__dict__[FAST[i][2:]]
+                 for i in range(0, len(FAST), 2)}  # FAST as make_config keywords
+
+
 # ----------------------------------------------------------------------------- settings
 
 SETTINGS = {  # id: (argv, pattern of the ValueError)
@@ -428,11 +432,20 @@ def test_checkpoint_whose_weights_do_not_match_its_config_is_an_error(base, tmp_
         main("sft", "--init", path, "--out", str(tmp_path / "o"))
 
 
-@pytest.mark.parametrize("flag,value,have", [("--n_layer", "2", "n_layer=1"), ("--block_size", "64", "block_size=96")],
-                         ids=["n_layer", "block_size"])
+@pytest.mark.parametrize("flag,value,have", [("--n_layer", "2", "n_layer=1"), ("--block_size", "64", "block_size=96"),
+                                             ("--n_layer", "4", "n_layer=1"), ("--n_embd", "128", "n_embd=32"),
+                                             ("--rope", "False", "rope=True")],
+                         ids=["n_layer", "block_size", "n_layer at GPTConfig's default", "n_embd at GPTConfig's default",
+                              "rope"])
 def test_model_setting_that_disagrees_with_init_is_an_error(base, tmp_path, flag, value, have):
+    """Given with --init, a model setting must agree with the checkpoint, even one equal to
+    GPTConfig's default (it used to be ignored silently)."""
     with pytest.raises(ValueError, match=f"{flag} {value} differs from {re.escape(base)}'s {have}"):
         main("sft", "--init", base, flag, value, "--out", str(tmp_path / "o"))
+
+
+def test_model_setting_that_agrees_with_init_is_accepted(base, tmp_path):
+    main("sft", "--init", base, "--n_layer", "1", "--block_size", "96", "--steps", "1", "--out", str(tmp_path / "o"))
 
 
 def test_resume_into_another_modes_run_is_an_error_naming_the_mode(base, tmp_path):
@@ -450,6 +463,94 @@ def test_resume_from_a_damaged_checkpoint_is_an_error_naming_it(base, tmp_path):
         (out / "ckpt.pt").write_bytes(f.read()[:1000])
     with pytest.raises(ValueError, match=re.escape(str(out / "ckpt.pt")) + " is truncated or corrupted"):
         main(*PRETRAIN, "--out", str(out), "--resume", "true")
+
+
+def test_checkpoint_and_metrics_are_fsynced_before_the_rename_that_publishes_them(tmp_path, monkeypatch):
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.path.realpath(src)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    path = str(tmp_path / "ckpt.pt")
+    train.save_checkpoint(path, model={}, model_config={}, config={}, step=3)
+    assert events == [("fsync", os.path.realpath(path + ".tmp")), ("replace", os.path.realpath(path + ".tmp"))]
+    assert train.load_checkpoint(path)["step"] == 3
+    events.clear()
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"config": {}}\n{"step": 1}\n{"step": 2}\n')
+    train._trim_metrics(str(log), 1)
+    assert events == [("fsync", os.path.realpath(str(log) + ".tmp")), ("replace", os.path.realpath(str(log) + ".tmp"))]
+    assert log.read_text() == '{"config": {}}\n{"step": 1}\n'
+
+
+# ----------------------------------------------------------------------------- the command line, as a new user meets it
+
+def cli(*args, debug=False):
+    env = {k: v for k, v in os.environ.items() if k != "GFT_DEBUG"}
+    env.update(OMP_NUM_THREADS="1", **({"GFT_DEBUG": "1"} if debug else {}))
+    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=180)
+
+
+@pytest.mark.parametrize("case", ["missing --init file", "malformed JSONL line", "fine-tuning mode without --init"])
+def test_bad_input_on_the_command_line_is_one_line_on_stderr_not_a_traceback(base, tmp_path, case):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(GOOD) + "\n{not json\n")
+    argv, words = {
+        "missing --init file": (["sft", "--init", str(tmp_path / "nowhere.pt")], f"checkpoint {tmp_path / 'nowhere.pt'}: no such file"),
+        "malformed JSONL line": (["sft", "--init", base, "--data", str(bad)], f"{bad}:2: malformed JSON"),
+        "fine-tuning mode without --init": (["gft"], "mode gft needs --init CHECKPOINT"),
+    }[case]
+    p = cli(*argv, "--out", str(tmp_path / "o"), *FAST)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip().splitlines() == [p.stderr.strip()] and p.stderr.startswith("error: "), p.stderr
+    assert words in p.stderr
+
+
+def test_gft_debug_shows_the_traceback(tmp_path):
+    p = cli("sft", "--init", str(tmp_path / "nowhere.pt"), debug=True)
+    assert p.returncode == 1 and "Traceback" in p.stderr and "FileNotFoundError" in p.stderr
+
+
+@pytest.mark.parametrize("typo,suggestion", [("--step", "--steps"), ("--n_rollouts", "--n_rollout"), ("--ta", "--tau")])
+def test_unknown_setting_close_to_a_known_one_suggests_it(typo, suggestion):
+    with pytest.raises(SystemExit, match=f"did you mean {suggestion}\\?"):
+        train.parse_args(["gft", "--init", "x.pt", typo, "1"])
+
+
+def test_eval_prints_the_final_line_then_json_and_run_prints_no_json(base, tmp_path, capsys):
+    main("eval", "--init", base, "--out", str(tmp_path / "e"))
+    out = capsys.readouterr().out
+    assert out.startswith("final | acc ") and json.loads(out[out.index("\n{") + 1:])["step"] == 4
+    train.run(train.make_config(mode="eval", init=base, out=str(tmp_path / "d"), **FAST_SETTINGS))  # as the demo does
+    out = capsys.readouterr().out
+    assert out.startswith("final | acc ") and "{" not in out
+
+
+def test_data_reports_records_read_and_the_split(base, tmp_path, capsys):
+    path = os.path.join(ROOT, "data", "example.jsonl")
+    main("sft", "--init", base, "--data", path, "--steps", "1", "--out", str(tmp_path / "o"))
+    assert (f"{path}: 50 records read: the first 45 are the fine-tuning pool, the last 5 the held-out test split"
+            in capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("record,words", [(LONG_PROMPT, "PATH:2: prompt + expert is 137 tokens"),
+                                          (TIGHT_PROMPT, "(62 tokens) + max_new_tokens 48 = 110 > block_size 96")],
+                         ids=["record longer than the block", "prompt + response budget exceeds the block"])
+def test_block_size_error_with_init_says_a_new_base_is_needed(base, tmp_path, record, words):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n" + json.dumps(record) + "\n")
+    with pytest.raises(ValueError) as e:
+        main("sft", "--init", base, "--data", str(path), "--out", str(tmp_path / "o"))
+    assert words.replace("PATH", str(path)) in str(e.value)
+    assert "pretrain a new base with a larger --block_size" in str(e.value) and "raise" not in str(e.value)
 
 
 # ----------------------------------------------------------------------------- faults: SIGKILL, then resume
