@@ -1,7 +1,7 @@
 """Reproduce the paper's claims in miniature: every row, several seeds, one command.
 
     python experiments/repro.py            # full: 3 seeds, about an hour on 2 CPU cores
-    python experiments/repro.py --quick    # 1 seed, 30-step runs, same rows, no lr sweep (see README)
+    python experiments/repro.py --quick    # 1 seed, 30-step runs, same rows, no lr sweep (see docs/results.md)
 
 Each seed s has its own base model, pretrained with seed 1337 + s until train.py's gate is met,
 and every method of seed s starts from it, so the spread over seeds includes the base's. A
@@ -31,7 +31,7 @@ from train import MODE_DEFAULTS, base_band_problem, load_checkpoint  # noqa: E40
 
 
 # --------------------------------------------------------------------------- the recipe
-# Fixed once for every method, before comparing them (README "Results" says why).
+# Fixed once for every method, before comparing them (docs/results.md says why).
 P = 16            # prompts per step; K = 8 responses each (paper: 1 expert + 3 teacher + 4 rollouts)
 LRS = (3e-5, 1e-4, 3e-4)  # each method's lr: the best of these by greedy accuracy on the val split
 EVAL = ["--eval_n", "200", "--passk_problems", "64", "--passk_n", "16", "--kl_n", "64"]

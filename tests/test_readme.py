@@ -1,28 +1,31 @@
-"""README.md stays true: every code reference it cites exists, the worked example's numbers are
-the ones worked_example.py computes, its set-up commands are the ones CI runs, and its GSM8K
-conversion snippet reproduces the shipped sample."""
+"""README.md and docs/*.md stay true: every file, function and test they cite exists, every
+link between them resolves, the `python train.py ...` commands they give parse, the worked
+example's numbers are the ones experiments/worked_example.py computes, the set-up commands are
+the ones CI runs, and the GSM8K conversion snippet reproduces the shipped sample. Prose and
+section titles are free to change."""
 import ast
+import glob
 import importlib
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 
+import train
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as _f:
-    README = _f.read()
+DOCS = {os.path.relpath(p, ROOT): open(p, encoding="utf-8").read()
+        for p in [os.path.join(ROOT, "README.md"), *sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))]}
+README = DOCS["README.md"]
+ALL = "\n".join(DOCS.values())
 
 # `gft.py:group_advantages`, `model.py:GPT.generate`; not `x.py::test` (a test id) or `x.py: text`
 FILE_REF = re.compile(r"((?:[\w-]+/)*[\w-]+\.py):(?!:)([A-Za-z_][\w.]*[A-Za-z_0-9])")
 TEST_REF = re.compile(r"(tests/[\w-]+\.py)::([A-Za-z_]\w*)")
-
-
-def section(title):
-    """The text of the README section whose '## ' heading starts with title."""
-    m = re.search(rf"^## {re.escape(title)}.*?$(.*?)(?=^## |\Z)", README, re.M | re.S)
-    assert m, f"README.md has no section '## {title}...'"
-    return m.group(1)
+PATH_REF = re.compile(r"`((?:[\w.-]+/)*[\w-]+\.(?:py|md|jsonl|txt))`")
+LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
 def _defines(path, dotted):
@@ -58,9 +61,9 @@ def _importable_attr(relpath, dotted):
         return False
 
 
-def test_every_code_reference_in_readme_exists():
-    refs = sorted(set(FILE_REF.findall(README)))
-    assert len(refs) >= 10, f"expected the README to cite code, found {refs}"
+def test_every_code_reference_exists():
+    refs = sorted(set(FILE_REF.findall(ALL)))
+    assert len(refs) >= 10, f"expected the docs to cite code, found {refs}"
     missing = []
     for relpath, name in refs:
         path = os.path.join(ROOT, relpath)
@@ -68,12 +71,12 @@ def test_every_code_reference_in_readme_exists():
             missing.append(f"{relpath}:{name} (no file {relpath})")
         elif not (_defines(path, name) or _importable_attr(relpath, name)):
             missing.append(f"{relpath}:{name}")
-    assert not missing, "README.md cites code that does not exist:\n  " + "\n  ".join(missing)
+    assert not missing, "the docs cite code that does not exist:\n  " + "\n  ".join(missing)
 
 
-def test_every_test_reference_in_readme_exists():
-    refs = sorted(set(TEST_REF.findall(README)))
-    assert len(refs) >= 5, f"expected the README to cite tests, found {refs}"
+def test_every_test_reference_exists():
+    refs = sorted(set(TEST_REF.findall(ALL)))
+    assert len(refs) >= 5, f"expected the docs to cite tests, found {refs}"
     missing = []
     for relpath, name in refs:
         path = os.path.join(ROOT, relpath)
@@ -85,7 +88,62 @@ def test_every_test_reference_in_readme_exists():
         tests = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
         if name not in tests:
             missing.append(f"{relpath}::{name}")
-    assert not missing, "README.md cites tests that do not exist:\n  " + "\n  ".join(missing)
+    assert not missing, "the docs cite tests that do not exist:\n  " + "\n  ".join(missing)
+
+
+def test_every_cited_repository_file_exists():
+    """A path with a folder (`experiments/bench.py`, `data/example.jsonl`) or a top-level core file."""
+    cited = {p for p in PATH_REF.findall(ALL) if "/" in p or os.path.exists(os.path.join(ROOT, p))}
+    generated = ("results/", "out/")  # written by runs, not shipped
+    missing = [p for p in sorted(cited) if not p.startswith(generated) and not os.path.exists(os.path.join(ROOT, p))]
+    assert not missing, f"the docs cite files that do not exist: {missing}"
+
+
+def _anchors(text):
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#+ (.*)$", text, re.M)}
+
+
+def test_every_link_between_the_docs_resolves():
+    broken = []
+    for name, text in DOCS.items():
+        for target in LINK.findall(text):
+            if target.startswith(("http://", "https://")):
+                continue
+            path, _, anchor = target.partition("#")
+            dest = os.path.normpath(os.path.join(os.path.dirname(name), path)) if path else name
+            if not os.path.exists(os.path.join(ROOT, dest)):
+                broken.append(f"{name}: {target} (no file {dest})")
+            elif anchor and dest in DOCS and anchor not in _anchors(DOCS[dest]):
+                broken.append(f"{name}: {target} (no heading #{anchor} in {dest})")
+    assert not broken, "broken links:\n  " + "\n  ".join(broken)
+
+
+def _commands(prefix):
+    """Every command line in a code block of the docs that starts with prefix, comments removed."""
+    out = []
+    for block in re.findall(r"^```[^\n]*\n(.*?)^```", ALL, re.M | re.S):
+        for line in block.splitlines():
+            line = line.split(" #")[0].strip()
+            if line.startswith(prefix):
+                out.append(line)
+    return out
+
+
+def test_every_train_command_in_the_docs_parses():
+    commands = _commands("python train.py")
+    assert len(commands) >= 10, commands
+    for c in commands:
+        argv = shlex.split(c.split("&&")[0])[2:]
+        if "--help" in argv:
+            continue
+        train.parse_args(argv)  # raises on an unknown or out-of-range setting
+
+
+def test_every_script_the_docs_run_exists():
+    scripts = {shlex.split(c)[1] for c in _commands("python ") if not c.startswith("python -")}
+    missing = [s for s in sorted(scripts) if s.endswith(".py") and not os.path.exists(os.path.join(ROOT, s))]
+    assert not missing, f"the docs run scripts that do not exist: {missing}"
 
 
 def test_worked_example_output_appears_verbatim_in_readme():
@@ -105,27 +163,19 @@ def _ci_test_command():
 
 
 def test_setup_commands_are_the_main_job_and_the_ci_test_command():
-    blocks = re.findall(r"^```[^\n]*\n(.*?)^```", section("Set-up"), re.M | re.S)
-    commands = [b.strip() for b in blocks]
-    assert len(commands) >= 2, f"the Set-up section should show two commands, found {commands}"
-    assert commands[0] == "pip install -r requirements.txt && python train.py"
-    assert commands[1] == _ci_test_command(), (f"README's test command {commands[1]!r} differs from "
-                                               f"what .ci/run runs: {_ci_test_command()!r}")
+    blocks = [b.strip() for b in re.findall(r"^```[^\n]*\n(.*?)^```", README, re.M | re.S)]
+    assert "pip install -r requirements.txt && python train.py" in blocks
+    assert _ci_test_command() in blocks, f"README shows no block with what .ci/run runs: {_ci_test_command()!r}"
     with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as f:
         assert "-r requirements.txt" in f.read()  # CI installs what the README installs
 
 
-def test_readme_gsm8k_conversion_reproduces_the_shipped_sample():
-    m = re.search(r"```python\n(.*?def to_record.*?)```", README, re.S)
-    assert m, "README.md has no python block defining to_record"
+def test_gsm8k_conversion_in_the_docs_reproduces_the_shipped_sample():
+    m = re.search(r"```python\n(.*?def to_record.*?)```", ALL, re.S)
+    assert m, "no python block in the docs defines to_record"
     namespace = {"__name__": "readme_snippet"}  # not __main__: the download part does not run
-    exec(compile(m.group(1), "README.md:to_record", "exec"), namespace)
+    exec(compile(m.group(1), "docs:to_record", "exec"), namespace)
     with open(os.path.join(ROOT, "data", "gsm8k_sample.jsonl"), encoding="utf-8") as f:
         records = [json.loads(l) for l in f]
     for rec in records:  # GSM8K's main solution is the expert, its socratic one the teacher
         assert namespace["to_record"](rec["prompt"], rec["expert"], rec["teachers"]) == rec, rec["prompt"]
-
-
-def test_readme_keeps_the_sections_other_files_point_to():
-    for title in ("Results", "The demo's output"):  # repro.py and the file map link here
-        assert section(title).strip(), f"README.md section '## {title}' is empty"
