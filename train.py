@@ -114,7 +114,8 @@ MODE_DEFAULTS = {  # steps and lr per mode; --steps / --lr override
     "pretrain": dict(steps=6000, lr=1e-3, warmup=100, schedule="constant"),  # steps is the gate's cap: the
     # gate (--gate_pass1) stops pretraining when the base can sometimes solve val problems; 2e-3 and up stalled
     # fine-tuning lr: the best of 3e-5 / 1e-4 / 3e-4 per method on the val split (experiments/repro.py sweep,
-    # 80 steps, docs/results.md); policy-gradient updates need the small one, GRPO at 3e-4 collapsed
+    # 80 steps) on the base used before the gate, where GRPO at 3e-4 collapsed. On the gated bases the same
+    # sweep chose 3e-4 / 3e-4 / 1e-4 / 3e-4 (docs/results.md), three at the grid's top: a wider grid decides
     "sft": dict(steps=150, lr=3e-5),
     "dft": dict(steps=150, lr=3e-4),
     "gft": dict(steps=150, lr=3e-5, n_rollout=4),  # the paper's K = 1 expert + 3 teachers + 4 rollouts

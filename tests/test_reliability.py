@@ -1,4 +1,4 @@
-"""Reliability (issue 7): bad input gets a clear error, a killed run loses nothing, and
+"""Reliability: bad input gets a clear error, a killed run loses nothing, and
 training cannot quietly go wrong.
 
 Catalogue of bad inputs. Every case is a test that checks the error type and that the message
