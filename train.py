@@ -557,13 +557,24 @@ def require_base_in_band(r, path):
 # ----------------------------------------------------------------------------- the run
 
 def setup_distributed(cfg):
-    """(rank, world, device). Under torchrun: one process per rank, gloo on CPU, nccl on GPU."""
+    """(rank, world, device). Under torchrun: one process per rank, gloo on CPU, nccl on GPU.
+    On GPU each process takes cuda:LOCAL_RANK; more processes than GPUs stop with a message
+    (nccl does not run two ranks on one device), --device cpu runs any number on gloo."""
     if "RANK" not in os.environ:
         return 0, 1, pick_device(cfg.device)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     device = pick_device(cfg.device)
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        asked = int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1))  # processes on this node
+        n_gpu = torch.cuda.device_count()
+        if asked > n_gpu:  # every rank checks, so all stop at once (rank 0 would wait in init otherwise)
+            raise SystemExit(
+                f"torchrun started {asked} processes on this node but it has {n_gpu} GPU(s): each process "
+                f"needs its own GPU (process {local_rank} would use cuda:{local_rank}). Run with "
+                f"--nproc_per_node {max(1, n_gpu)} or fewer, or add --device cpu to run "
+                f"{asked} processes on the CPU (gloo).")
+        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
