@@ -90,24 +90,33 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
-def rotary(pos, hs, base=10000.0):
-    """pos (B or 1, T) -> cos + i sin (B or 1, 1, T, hs/2), complex, for rotary embeddings (Su et al. 2021)."""
-    inv = base ** (-torch.arange(0, hs, 2, device=pos.device, dtype=torch.float32) / hs)  # (hs/2,)
-    ang = pos.float().unsqueeze(-1) * inv  # (B, T, hs/2)
-    return torch.complex(ang.cos(), ang.sin()).unsqueeze(1)
+def rope_tables(block_size, hs, base=10000.0):
+    """Rotary embeddings (Su et al. 2021): pair j of the head dimension at position p turns by
+    the angle p * base^(-2j/hs). Returns cos and sin of every angle, (block_size, hs/2) each, float32."""
+    inv = base ** (-torch.arange(0, hs, 2, dtype=torch.float32) / hs)  # (hs/2,)
+    ang = torch.arange(block_size, dtype=torch.float32).unsqueeze(-1) * inv  # (block_size, hs/2)
+    return ang.cos(), ang.sin()
 
 
 def rotate(x, rot):
-    """Rotate pairs (x1, x2) of the head dimension of x (B, nh, T, hs) by the position angles.
+    """Rotate pairs (x1, x2) of the head dimension of x (B, nh, T, hs) by their position's angle:
+    (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos). rot comes from GPT._rot, in one of two forms:
 
-    As a complex product (x1 + i x2)(cos + i sin) = (x1 cos - x2 sin) + i (x1 sin + x2 cos):
-    the same arithmetic as slicing out x1 and x2 and stacking the two results (bitwise equal
-    on CPU, gradients too), without the strided slices and the stack that made rotary ~15% of
-    a CPU training step (~5% this way; experiments/bench.py).
+    - x float32: rot = cos + i sin, complex (B or 1, 1, T, hs/2), and one complex product
+      (x1 + i x2)(cos + i sin). On CPU this is 4-9x faster than any real formula we tried (which
+      are bitwise equal to it, values and gradients; tests/test_model.py) and keeps rotary at ~5%
+      of a CPU training step.
+    - x bfloat16 / float16 (autocast on GPU): rot = (cos, sin) stacked, (2, B or 1, 1, T, hs),
+      interleaved as (c0, c0, c1, c1, ...) and (-s0, s0, -s1, s1, ...), and x cos + (x2, x1) sin
+      in x's dtype. There is no bf16 complex type: the complex product needed a float32 copy
+      of q and k, ~13% of a GPT-2-small step on an H100 (issue 13).
     """
-    x32 = x.to(torch.promote_types(x.dtype, torch.float32))  # bfloat16 under autocast has no complex type
-    pairs = torch.view_as_complex(x32.unflatten(-1, (-1, 2)))  # (B, nh, T, hs/2), a view when x is float32
-    return torch.view_as_real(pairs * rot).flatten(-2).type_as(x)
+    if rot.is_complex():
+        pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))  # (B, nh, T, hs/2), a view
+        return torch.view_as_real(pairs * rot).flatten(-2)
+    cos, sin = rot
+    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x2, x1) in every pair
+    return x * cos + swapped * sin
 
 
 class MLP(nn.Module):
@@ -174,6 +183,10 @@ class GPT(nn.Module):
             ln_f=LayerNorm(config.n_embd, bias=config.bias),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.rope:  # computed, not learned: non-persistent, so checkpoints hold only weights
+            cos, sin = rope_tables(config.block_size, config.n_embd // config.n_head)
+            self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, hs/2)
+            self.register_buffer("rope_sin", sin, persistent=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying, as GPT-2
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scaled init of residual projections
@@ -221,12 +234,24 @@ class GPT(nn.Module):
         rot = None
         if self.config.rope:
             x = self.transformer.drop(self.transformer.wte(idx))
-            rot = rotary(pos, self.config.n_embd // self.config.n_head)
+            rot = self._rot(pos, x)
         else:
             x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for i, block in enumerate(self.transformer.h):
             x = block(x, attn_mask, cache, i, rot)
         return self.lm_head(self.transformer.ln_f(x))
+
+    def _rot(self, pos, x):
+        """pos (B or 1, T) -> rotate's tables at those positions, in the form for the dtype that
+        q and k will have (the autocast dtype when autocast is on, else x's); once per forward."""
+        dev = x.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        cos, sin = self.rope_cos[pos].unsqueeze(1), self.rope_sin[pos].unsqueeze(1)  # (B or 1, 1, T, hs/2)
+        if dtype in (torch.float32, torch.float64):
+            return torch.complex(cos, sin)
+        cos2 = torch.stack((cos, cos), -1).flatten(-2)  # (B or 1, 1, T, hs): c0 c0 c1 c1 ...
+        sin2 = torch.stack((-sin, sin), -1).flatten(-2)  # -s0 s0 -s1 s1 ...
+        return torch.stack((cos2, sin2)).to(dtype)
 
     def _check_position(self, last):
         if last >= self.config.block_size:

@@ -15,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from data import Tokenizer, make_split  # noqa: E402
-from model import GPT, GPTConfig, pick_device  # noqa: E402
+from model import GPT, GPTConfig, pick_device, rope_tables, rotate  # noqa: E402
 
 TOK = Tokenizer()
 EOS, PAD = TOK.eos_id, TOK.pad_id
@@ -382,3 +382,53 @@ def test_rope_model_kv_cache_equals_recompute_and_padding_invariance():
     alone = m.generate(idx[0:1, 3:], 12, temperature=0)
     assert torch.equal(a.tokens, b.tokens) and torch.equal(alone.tokens[0], a.tokens[0])
     assert "wpe" not in dict(m.named_parameters())  # no learned positions to train or sync
+
+
+# ----------------------------------------------------------------------------- rotary positions
+
+def real_rotary(x, pos):
+    """The obviously-correct formula: slice out each pair, rotate it, put it back (float32)."""
+    cos, sin = (t[pos].unsqueeze(1) for t in rope_tables(64, x.size(-1)))  # (B, 1, T, hs/2)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), -1).flatten(-2)
+
+
+def test_float32_rotary_is_bitwise_the_real_formula_values_and_gradients():
+    """The complex product that float32 uses (fast on CPU) does the real formula's arithmetic."""
+    model = random_model()
+    pos = torch.randint(0, 64, (3, 20))
+    x = torch.randn(3, 20, 2, 16).transpose(1, 2).requires_grad_(True)  # (B, nh, T, hs), as q is made
+    a, b = rotate(x, model._rot(pos, x)), real_rotary(x, pos)
+    assert torch.equal(a, b)
+    g = torch.randn_like(a)
+    assert torch.equal(*(torch.autograd.grad(y, x, g)[0] for y in (a, b)))
+
+
+def test_bfloat16_rotary_agrees_with_float32_within_bfloat16_rounding():
+    """The real path that runs under bf16 autocast (GPU) against the float32 one."""
+    model = random_model()
+    pos = torch.randint(0, 64, (3, 20))
+    x = torch.randn(3, 20, 2, 16).transpose(1, 2)
+    x16 = x.bfloat16()
+    rot16 = model._rot(pos, x16)
+    assert not rot16.is_complex() and rot16.dtype == torch.bfloat16
+    y16 = rotate(x16, rot16)
+    assert y16.dtype == torch.bfloat16
+    torch.testing.assert_close(y16.float(), real_rotary(x16.float(), pos), rtol=2e-2, atol=2e-2)
+    idx = torch.randint(0, 256, (2, 30))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # the autocast dtype decides, not x's
+        assert not model._rot(pos, x).is_complex()
+        logits16, _ = model(idx)
+    with torch.no_grad():
+        logits32, _ = model(idx)
+    torch.testing.assert_close(logits16.float(), logits32, rtol=0.05, atol=0.05)
+
+
+def test_rotary_tables_are_not_in_the_checkpoint_and_an_old_state_dict_loads():
+    model = random_model()
+    sd = model.state_dict()
+    assert not any("rope" in k for k in sd)  # buffers, non-persistent: checkpoints hold weights only
+    fresh = random_model(seed=1)
+    fresh.load_state_dict(sd)  # strict
+    x = torch.randint(0, 256, (2, 30))
+    assert torch.equal(fresh(x)[0], model(x)[0])
