@@ -62,6 +62,9 @@ class Config:
     seed: int = opt(1337, "drives data, sampling and init", lo=0)
     device: str = opt("auto", "auto (cuda if present, else cpu), cpu, cuda, cuda:N")
     compile: bool = opt(False, "torch.compile the model (GPU; slow to start on CPU)")
+    fast_decode: bool = opt(False, "rollouts by GPT.generate(fast=True): fixed-shape KV-cache steps, a CUDA graph "
+                            "on GPU, a stop check every 16 tokens; eager's tokens on CPU (tested); off until "
+                            "measured on a GPU")
     # model (pretrain only; other modes take the shape from --init)
     n_layer: int = opt(4, "transformer blocks", lo=1, hi=64)
     n_head: int = opt(4, "attention heads", lo=1, hi=64)
@@ -126,7 +129,7 @@ MODE_DEFAULTS = {  # steps and lr per mode; --steps / --lr override
     "eval": dict(steps=0, lr=0.0),
     "demo": dict(steps=0, lr=0.0),
 }
-RUN_KEYS_IGNORED_ON_RESUME = {"resume", "override", "device", "compile", "log_every", "eval_every",
+RUN_KEYS_IGNORED_ON_RESUME = {"resume", "override", "device", "compile", "fast_decode", "log_every", "eval_every",
                               "ckpt_every", "eval_n", "eval_split", "passk_problems", "passk_n", "kl_n"}
 
 
@@ -298,8 +301,8 @@ def left_pad(seqs, pad_id, device):
 
 
 @torch.no_grad()
-def sample(model, tok, prompts, n, temperature, max_new_tokens, generator, chunk=512):
-    """n completions per prompt, batched over everything with the KV cache.
+def sample(model, tok, prompts, n, temperature, max_new_tokens, generator, chunk=512, fast=False):
+    """n completions per prompt, batched over everything with the KV cache (fast: GPT.generate's).
     Returns (responses, stopped): token lists in prompt-major order (the eos kept when the
     row stopped), and per-row bools (False = cut at max_new_tokens)."""
     dev = next(model.parameters()).device
@@ -311,7 +314,7 @@ def sample(model, tok, prompts, n, temperature, max_new_tokens, generator, chunk
         idx, mask = left_pad(seqs[i:i + chunk], tok.pad_id, dev)
         with autocast(dev):
             g = model.generate(idx, max_new_tokens, temperature=temperature, pad_mask=mask,
-                               eos_id=tok.eos_id, pad_id=tok.pad_id, generator=generator)
+                               eos_id=tok.eos_id, pad_id=tok.pad_id, generator=generator, fast=fast)
         toks, lens = g.tokens.tolist(), g.lengths.tolist()
         responses += [t[:n_] for t, n_ in zip(toks, lens)]
         stopped += g.stopped.tolist()
@@ -336,7 +339,7 @@ def build_groups(model, tok, problems, cfg, step, n_expert, n_teacher, n_rollout
     if n_rollout:
         gen = torch_gen(cfg.seed, step, "rollout", next(model.parameters()).device)
         rollouts, stopped = sample(model, tok, [p.prompt for p in problems], n_rollout,
-                                   cfg.temperature, cfg.max_new_tokens, gen)
+                                   cfg.temperature, cfg.max_new_tokens, gen, fast=cfg.fast_decode)
     groups = []
     for i, p in enumerate(problems):
         texts = [("expert", p.expert)] * n_expert

@@ -432,3 +432,72 @@ def test_rotary_tables_are_not_in_the_checkpoint_and_an_old_state_dict_loads():
     fresh.load_state_dict(sd)  # strict
     x = torch.randint(0, 256, (2, 30))
     assert torch.equal(fresh(x)[0], model(x)[0])
+
+
+# ----------------------------------------------------------------------------- fast decode
+
+@settings(max_examples=10, deadline=None, derandomize=True)
+@given(st.lists(st.sampled_from(range(len(RAGGED))), min_size=1, max_size=5, unique=True),
+       st.integers(1, 40))
+def test_fast_decode_greedy_equals_eager_for_ragged_prompts_and_any_length(fitted, rows, max_new):
+    model, _ = fitted
+    idx, mask = left_pad([RAGGED[r] for r in rows])
+    eager = model.generate(idx, max_new, temperature=0, pad_mask=mask, eos_id=EOS, pad_id=PAD)
+    fast = model.generate(idx, max_new, temperature=0, pad_mask=mask, eos_id=EOS, pad_id=PAD, fast=True)
+    assert all(torch.equal(a, b) for a, b in zip(eager, fast))  # tokens, lengths, stopped
+
+
+def test_fast_decode_sampling_equals_eager_with_same_generator_seed():
+    model = random_model()  # near-uniform logits: every draw matters
+    idx, mask = left_pad(RAGGED)
+    for temperature, top_k in [(1.0, None), (1.5, 5), (0.7, 1)]:
+        a, b = (model.generate(idx, 40, temperature, top_k, mask, generator=torch.Generator().manual_seed(3),
+                               fast=fast) for fast in (False, True))
+        assert torch.equal(a.tokens, b.tokens), (temperature, top_k)
+
+
+@pytest.mark.parametrize("max_new", [5, 16, 30, 40])  # the stop check runs every 16 tokens
+def test_fast_decode_stops_at_eos_as_eager_does(fitted, max_new):
+    model, _ = fitted
+    idx, mask = left_pad(RAGGED)
+    ref = model.generate(idx, max_new, temperature=0, pad_mask=mask).tokens
+    # an "eos" every row emits early (all rows stop: the loop ends at a stop check) and one that
+    # only some rows emit (the loop runs to max_new)
+    everyone = next((int(t) for t in ref[0] if (ref == t).any(1).all()), None)
+    some = next(int(t) for t in ref[0] if not (ref == t).any(1).all())
+    for eos in (everyone, some):
+        if eos is None:
+            continue
+        eager = model.generate(idx, max_new, temperature=0, pad_mask=mask, eos_id=eos, pad_id=PAD)
+        fast = model.generate(idx, max_new, temperature=0, pad_mask=mask, eos_id=eos, pad_id=PAD, fast=True)
+        check_stopping(ref, fast, eos, PAD, max_new)
+        assert all(torch.equal(a, b) for a, b in zip(eager, fast))
+
+
+def test_fast_decode_sampled_rows_stop_as_eager_ones_do():
+    model = random_model()
+    idx, mask = left_pad(RAGGED)
+    ref = model.generate(idx, 30, pad_mask=mask, generator=torch.Generator().manual_seed(5)).tokens
+    eos = int(ref[0, 3])
+    gen = model.generate(idx, 30, pad_mask=mask, eos_id=eos, pad_id=PAD, generator=torch.Generator().manual_seed(5),
+                         fast=True)
+    check_stopping(ref, gen, eos, PAD, 30)
+
+
+def test_fast_decode_checks_settings_as_eager_does():
+    model = random_model(block_size=20)
+    prompt = torch.randint(0, 256, (2, 5))
+    model.generate(prompt, 15, temperature=0, fast=True)  # exactly fills the block
+    with pytest.raises(ValueError, match="block_size 20"):
+        model.generate(prompt, 16, temperature=0, fast=True)
+    with pytest.raises(ValueError, match="use_cache"):
+        model.generate(prompt, 2, fast=True, use_cache=False)
+
+
+def test_fast_decode_with_learned_positions_equals_eager():
+    model = random_model(rope=False)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30)  # separate the logits so greedy has no near-ties
+    idx, mask = left_pad(RAGGED)
+    a, b = (model.generate(idx, 30, temperature=0, pad_mask=mask, fast=fast) for fast in (False, True))
+    assert torch.equal(a.tokens, b.tokens)

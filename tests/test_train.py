@@ -61,6 +61,18 @@ def test_gft_with_tau_zero_and_one_expert_takes_the_same_step_as_sft(base, tmp_p
     assert not torch.equal(a["lm_head.weight"], weights(base)["lm_head.weight"])  # a step was taken
 
 
+def test_fast_decode_rollouts_take_the_same_gft_step_as_eager_ones(base, tmp_path, monkeypatch):
+    args = ("gft", "--init", base, "--steps", "1", "--prompts_per_step", "2", "--n_rollout", "3")
+    run(*args, "--out", str(tmp_path / "eager"))
+    import model  # the module whose fast_generate is counted
+    calls, fast_generate = [], model.fast_generate
+    monkeypatch.setattr(model, "fast_generate", lambda *a: calls.append(1) or fast_generate(*a))
+    run(*args, "--out", str(tmp_path / "fast"), "--fast_decode", "true")
+    assert len(calls) == 1  # the step's rollouts; evaluation stays on the eager path
+    a, b = weights(str(tmp_path / "eager" / "ckpt.pt")), weights(str(tmp_path / "fast" / "ckpt.pt"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_after_interruption_equals_uninterrupted_run_bitwise(base, tmp_path, monkeypatch):
     args = ("gft", "--init", base, "--steps", "4", "--ckpt_every", "2", "--prompts_per_step", "2", "--n_rollout", "2")
     run(*args, "--out", str(tmp_path / "full"))
