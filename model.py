@@ -90,24 +90,33 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
-def rotary(pos, hs, base=10000.0):
-    """pos (B or 1, T) -> cos + i sin (B or 1, 1, T, hs/2), complex, for rotary embeddings (Su et al. 2021)."""
-    inv = base ** (-torch.arange(0, hs, 2, device=pos.device, dtype=torch.float32) / hs)  # (hs/2,)
-    ang = pos.float().unsqueeze(-1) * inv  # (B, T, hs/2)
-    return torch.complex(ang.cos(), ang.sin()).unsqueeze(1)
+def rope_tables(block_size, hs, base=10000.0):
+    """Rotary embeddings (Su et al. 2021): pair j of the head dimension at position p turns by
+    the angle p * base^(-2j/hs). Returns cos and sin of every angle, (block_size, hs/2) each, float32."""
+    inv = base ** (-torch.arange(0, hs, 2, dtype=torch.float32) / hs)  # (hs/2,)
+    ang = torch.arange(block_size, dtype=torch.float32).unsqueeze(-1) * inv  # (block_size, hs/2)
+    return ang.cos(), ang.sin()
 
 
 def rotate(x, rot):
-    """Rotate pairs (x1, x2) of the head dimension of x (B, nh, T, hs) by the position angles.
+    """Rotate pairs (x1, x2) of the head dimension of x (B, nh, T, hs) by their position's angle:
+    (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos). rot comes from GPT._rot, in one of two forms:
 
-    As a complex product (x1 + i x2)(cos + i sin) = (x1 cos - x2 sin) + i (x1 sin + x2 cos):
-    the same arithmetic as slicing out x1 and x2 and stacking the two results (bitwise equal
-    on CPU, gradients too), without the strided slices and the stack that made rotary ~15% of
-    a CPU training step (~5% this way; experiments/bench.py).
+    - x float32: rot = cos + i sin, complex (B or 1, 1, T, hs/2), and one complex product
+      (x1 + i x2)(cos + i sin). On CPU this is 4-9x faster than any real formula we tried (which
+      are bitwise equal to it, values and gradients; tests/test_model.py) and keeps rotary at ~5%
+      of a CPU training step.
+    - x bfloat16 / float16 (autocast on GPU): rot = (cos, sin) stacked, (2, B or 1, 1, T, hs),
+      interleaved as (c0, c0, c1, c1, ...) and (-s0, s0, -s1, s1, ...), and x cos + (x2, x1) sin
+      in x's dtype. There is no bf16 complex type: the complex product needed a float32 copy
+      of q and k, ~13% of a GPT-2-small step on an H100 (issue 13).
     """
-    x32 = x.to(torch.promote_types(x.dtype, torch.float32))  # bfloat16 under autocast has no complex type
-    pairs = torch.view_as_complex(x32.unflatten(-1, (-1, 2)))  # (B, nh, T, hs/2), a view when x is float32
-    return torch.view_as_real(pairs * rot).flatten(-2).type_as(x)
+    if rot.is_complex():
+        pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))  # (B, nh, T, hs/2), a view
+        return torch.view_as_real(pairs * rot).flatten(-2)
+    cos, sin = rot
+    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x2, x1) in every pair
+    return x * cos + swapped * sin
 
 
 class MLP(nn.Module):
@@ -174,6 +183,10 @@ class GPT(nn.Module):
             ln_f=LayerNorm(config.n_embd, bias=config.bias),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.rope:  # computed, not learned: non-persistent, so checkpoints hold only weights
+            cos, sin = rope_tables(config.block_size, config.n_embd // config.n_head)
+            self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, hs/2)
+            self.register_buffer("rope_sin", sin, persistent=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying, as GPT-2
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scaled init of residual projections
@@ -221,12 +234,24 @@ class GPT(nn.Module):
         rot = None
         if self.config.rope:
             x = self.transformer.drop(self.transformer.wte(idx))
-            rot = rotary(pos, self.config.n_embd // self.config.n_head)
+            rot = self._rot(pos, x)
         else:
             x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for i, block in enumerate(self.transformer.h):
             x = block(x, attn_mask, cache, i, rot)
         return self.lm_head(self.transformer.ln_f(x))
+
+    def _rot(self, pos, x):
+        """pos (B or 1, T) -> rotate's tables at those positions, in the form for the dtype that
+        q and k will have (the autocast dtype when autocast is on, else x's); once per forward."""
+        dev = x.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        cos, sin = self.rope_cos[pos].unsqueeze(1), self.rope_sin[pos].unsqueeze(1)  # (B or 1, 1, T, hs/2)
+        if dtype in (torch.float32, torch.float64):
+            return torch.complex(cos, sin)
+        cos2 = torch.stack((cos, cos), -1).flatten(-2)  # (B or 1, 1, T, hs): c0 c0 c1 c1 ...
+        sin2 = torch.stack((-sin, sin), -1).flatten(-2)  # -s0 s0 -s1 s1 ...
+        return torch.stack((cos2, sin2)).to(dtype)
 
     def _check_position(self, last):
         if last >= self.config.block_size:
@@ -270,18 +295,22 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, pad_mask=None,
-                 eos_id=None, pad_id=0, generator=None, use_cache=True):
+                 eos_id=None, pad_id=0, generator=None, use_cache=True, fast=False):
         """Sample continuations for a batch of (left-padded) prompts.
 
         idx (B, T) prompts, left-padded; pad_mask (B, T) bool, True at real tokens (None: no
         padding). temperature 0 = greedy. A row stops after it emits eos_id; later slots are
         pad_id. use_cache=False recomputes the whole prefix every step (tests, benchmarks).
+        fast=True decodes with `fast_generate` (end of this file; opt-in, CUDA graphs on GPU):
+        the same tokens for the same generator.
         Returns Generation(tokens (B, max_new_tokens), lengths (B,), stopped (B,)).
         """
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+        if fast and not use_cache:
+            raise ValueError("fast=True decodes with the KV cache; it cannot be combined with use_cache=False")
         B, T = idx.shape
         dev = idx.device
         if pad_mask is None:
@@ -290,6 +319,8 @@ class GPT(nn.Module):
         if longest > self.config.block_size:
             raise ValueError(f"prompt ({int(pad_mask.sum(1).max())} tokens) + max_new_tokens ({max_new_tokens}) "
                              f"= {longest} exceeds block_size {self.config.block_size}")
+        if fast:
+            return fast_generate(self, idx, max_new_tokens, temperature, top_k, pad_mask, eos_id, pad_id, generator)
         out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=dev)
         done = torch.zeros(B, dtype=torch.bool, device=dev)
         lengths = torch.full((B,), max_new_tokens, dtype=torch.long, device=dev)
@@ -297,9 +328,7 @@ class GPT(nn.Module):
         real[:, :T] = pad_mask
         cache = seq = None
         if use_cache:
-            c = self.config
-            dtype = self.lm_head.weight.dtype if not torch.is_autocast_enabled(dev.type) else torch.get_autocast_dtype(dev.type)
-            cache = KVCache(c.n_layer, B, c.n_head, T + max_new_tokens, c.n_embd // c.n_head, dev, dtype)
+            cache = self._new_cache(B, T + max_new_tokens, dev)
             logits = self._logits(idx, pad_mask, cache=cache)[:, -1]  # prefill (B, V)
             cache.length = T
             pos = pad_mask.sum(1, keepdim=True)  # (B, 1) position of the first new token
@@ -328,6 +357,12 @@ class GPT(nn.Module):
                 seq[:, T + t] = nxt
         return Generation(out, lengths, done)
 
+    def _new_cache(self, B, max_len, dev):
+        """An empty KVCache for B rows of up to max_len tokens, in the dtype k and v will have."""
+        c = self.config
+        dtype = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else self.lm_head.weight.dtype
+        return KVCache(c.n_layer, B, c.n_head, max_len, c.n_embd // c.n_head, dev, dtype)
+
     @staticmethod
     def _sample(logits, temperature, top_k, generator):
         """logits (B, V) -> next tokens (B,)."""
@@ -339,3 +374,110 @@ class GPT(nn.Module):
             logits = logits.masked_fill(logits < kth, float("-inf"))
         probs = F.softmax(logits, dim=-1)
         return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+# ----------------------------------------------------------------------------- fast decode (opt-in)
+# GPT.generate above is the path to read. On a GPU its one-token steps are bound by per-step
+# overhead (Python, kernel launches, host syncs), not by the GPU (issue 13). fast_generate
+# removes that overhead and nothing else: every decode step has the same tensor shapes, so on
+# CUDA it is captured once as a CUDA graph and replayed; the stop check reads the device every
+# STOP_CHECK_EVERY tokens, not every token. Tokens are those of GPT.generate for the same
+# generator (tests/test_model.py; greedy also on CUDA, tests/test_gpu.py).
+
+STOP_CHECK_EVERY = 16  # tokens between host reads of "has every row stopped?"; rows that have
+# stopped keep decoding pads until then (at most 15 wasted steps, against a device sync per token)
+
+
+class SlotKVCache:
+    """A filled KVCache seen by the fixed-shape decode step: one token's k, v written in place at
+    time slot `slot`, a (1,) long tensor on the device (no host int that would change the step),
+    and the whole cache returned, (B, nh, max_len, hs); slots not yet written are masked out."""
+
+    def __init__(self, cache, slot):
+        self.k, self.v, self.slot = cache.k, cache.v, slot
+
+    def append(self, layer, k, v):
+        """k, v (B, nh, 1, hs) -> all keys and values, (B, nh, max_len, hs) each."""
+        self.k[layer].index_copy_(2, self.slot, k.to(self.k.dtype))
+        self.v[layer].index_copy_(2, self.slot, v.to(self.v.dtype))
+        return self.k[layer], self.v[layer]
+
+
+@torch.no_grad()
+def fast_generate(model, idx, max_new_tokens, temperature, top_k, pad_mask, eos_id, pad_id, generator):
+    """GPT.generate(..., fast=True), settings already checked. The prefill is GPT.generate's; then
+    each token is one fixed-shape step over the whole cache, inputs and outputs in static buffers:
+
+      tok (B, 1)   the token just sampled            pos (B, 1)  its position (rotary)
+      slot (1,)    its time slot in the cache        key_real (B, max_len)  True at real keys
+      logits (B, V)  the step's output (a graph's static output on CUDA)
+
+    Sampling and the stop bookkeeping stay outside the step, as in GPT.generate, so the
+    generator is drawn from in the same order (it may draw up to STOP_CHECK_EVERY - 1 more
+    times after every row stopped: the tokens are the same, the generator's state after may not be).
+    """
+    B, T = idx.shape
+    dev = idx.device
+    S = T + max_new_tokens
+    out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=dev)
+    done = torch.zeros(B, dtype=torch.bool, device=dev)
+    lengths = torch.full((B,), max_new_tokens, dtype=torch.long, device=dev)
+    cache = model._new_cache(B, S, dev)
+    logits = model._logits(idx, pad_mask, cache=cache)[:, -1]  # prefill (B, V), fills slots [0, T)
+
+    tok = torch.zeros(B, 1, dtype=torch.long, device=dev)
+    pos = pad_mask.sum(1, keepdim=True)  # (B, 1) position of the first new token
+    slot = torch.full((1,), T, dtype=torch.long, device=dev)
+    key_real = torch.zeros(B, S, dtype=torch.bool, device=dev)  # later slots become real as they fill
+    key_real[:, :T] = pad_mask
+    mask = key_real[:, None, None, :]  # (B, 1, 1, max_len), a view: the step sees every update
+    slot_cache = SlotKVCache(cache, slot)
+
+    def step():  # idempotent for fixed inputs (it writes slot `slot` only), so graph warm-up is harmless
+        key_real.index_fill_(1, slot, True)
+        return model._logits(tok, cache=slot_cache, pos=pos, attn_mask=mask)[:, -1]  # (B, V)
+
+    run_step = step
+    if dev.type == "cuda":
+        run_step = None  # captured at the first step, when tok holds a real token
+
+    for t in range(max_new_tokens):
+        nxt = model._sample(logits.float(), temperature, top_k, generator)  # (B,)
+        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+        out[:, t] = nxt
+        if eos_id is not None:
+            hit = (nxt == eos_id) & ~done
+            lengths = torch.where(hit, torch.full_like(lengths, t + 1), lengths)
+            done = done | hit
+            if (t + 1) % STOP_CHECK_EVERY == 0 and bool(done.all()):  # the only host sync in the loop
+                break
+        if t == max_new_tokens - 1:
+            break
+        tok.copy_(nxt[:, None])
+        if run_step is None:
+            run_step = cuda_graph(step)
+        logits = run_step()
+        pos += 1
+        slot += 1
+    return Generation(out, lengths, done)
+
+
+def cuda_graph(fn):
+    """fn() -> tensor, run on static buffers -> a function that replays fn captured as a CUDA graph
+    and returns its (static) output. Warm-up on a side stream first, as torch.cuda.graph requires.
+    Under autocast the weights' bf16 copies come from autocast's cache, made in the warm-up;
+    the graph is used only inside the caller's autocast region, which keeps them alive."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = fn()
+
+    def replay():
+        graph.replay()
+        return static_out
+    return replay

@@ -57,6 +57,9 @@ class Config:
     seed: int = opt(1337, "drives data, sampling and init", lo=0)
     device: str = opt("auto", "auto (cuda if present, else cpu), cpu, cuda, cuda:N")
     compile: bool = opt(False, "torch.compile the model (GPU; slow to start on CPU)")
+    fast_decode: bool = opt(False, "rollouts by GPT.generate(fast=True): fixed-shape KV-cache steps, a CUDA graph "
+                            "on GPU, a stop check every 16 tokens; eager's tokens on CPU (tested); off until "
+                            "measured on a GPU")
     # model: unset (None) = model.GPTConfig's default for pretrain, the --init checkpoint's otherwise;
     # a value given with --init must agree with the checkpoint's
     n_layer: int = opt(None, "transformer blocks", lo=1, hi=64)
@@ -124,7 +127,7 @@ MODE_DEFAULTS = {  # steps and lr per mode; --steps / --lr override
     "demo": dict(steps=0, lr=0.0),
 }
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "rope")  # Config fields that are GPTConfig's
-RUN_KEYS_IGNORED_ON_RESUME = {"resume", "override", "device", "compile", "log_every", "eval_every",
+RUN_KEYS_IGNORED_ON_RESUME = {"resume", "override", "device", "compile", "fast_decode", "log_every", "eval_every",
                               "ckpt_every", "eval_n", "eval_split", "passk_problems", "passk_n", "kl_n"}
 
 
@@ -331,8 +334,8 @@ def left_pad(seqs, pad_id, device):
 
 
 @torch.no_grad()
-def sample(model, tok, prompts, n, temperature, max_new_tokens, generator, chunk=512):
-    """n completions per prompt, batched over everything with the KV cache.
+def sample(model, tok, prompts, n, temperature, max_new_tokens, generator, chunk=512, fast=False):
+    """n completions per prompt, batched over everything with the KV cache (fast: GPT.generate's).
     Returns (responses, stopped): token lists in prompt-major order (the eos kept when the
     row stopped), and per-row bools (False = cut at max_new_tokens)."""
     dev = next(model.parameters()).device
@@ -344,7 +347,7 @@ def sample(model, tok, prompts, n, temperature, max_new_tokens, generator, chunk
         idx, mask = left_pad(seqs[i:i + chunk], tok.pad_id, dev)
         with autocast(dev):
             g = model.generate(idx, max_new_tokens, temperature=temperature, pad_mask=mask,
-                               eos_id=tok.eos_id, pad_id=tok.pad_id, generator=generator)
+                               eos_id=tok.eos_id, pad_id=tok.pad_id, generator=generator, fast=fast)
         toks, lens = g.tokens.tolist(), g.lengths.tolist()
         responses += [t[:n_] for t, n_ in zip(toks, lens)]
         stopped += g.stopped.tolist()
@@ -364,7 +367,8 @@ def autocast(device):
 def sample_rollouts(model, tok, problems, cfg, step, n_rollout):
     """This step's n_rollout samples per problem at --temperature: sample's (responses, stopped)."""
     gen = torch_gen(cfg.seed, step, "rollout", next(model.parameters()).device)
-    return sample(model, tok, [p.prompt for p in problems], n_rollout, cfg.temperature, cfg.max_new_tokens, gen)
+    return sample(model, tok, [p.prompt for p in problems], n_rollout, cfg.temperature, cfg.max_new_tokens, gen,
+                  fast=cfg.fast_decode)
 
 
 def build_groups(tok, problems, cfg, step, n_expert, n_teacher, rollouts=([], [])):
@@ -608,13 +612,24 @@ def require_base_in_band(r, path):
 # ----------------------------------------------------------------------------- the run
 
 def setup_distributed(cfg):
-    """(rank, world, device). Under torchrun: one process per rank, gloo on CPU, nccl on GPU."""
+    """(rank, world, device). Under torchrun: one process per rank, gloo on CPU, nccl on GPU.
+    On GPU each process takes cuda:LOCAL_RANK; more processes than GPUs stop with a message
+    (nccl does not run two ranks on one device), --device cpu runs any number on gloo."""
     if "RANK" not in os.environ:
         return 0, 1, pick_device(cfg.device)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     device = pick_device(cfg.device)
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        asked = int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1))  # processes on this node
+        n_gpu = torch.cuda.device_count()
+        if asked > n_gpu:  # every rank checks, so all stop at once (rank 0 would wait in init otherwise)
+            raise SystemExit(
+                f"torchrun started {asked} processes on this node but it has {n_gpu} GPU(s): each process "
+                f"needs its own GPU (process {local_rank} would use cuda:{local_rank}). Run with "
+                f"--nproc_per_node {max(1, n_gpu)} or fewer, or add --device cpu to run "
+                f"{asked} processes on the CPU (gloo).")
+        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")

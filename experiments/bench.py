@@ -4,6 +4,15 @@
     python experiments/bench.py --quick            # fewer repeats, default config only (~40 s)
     python experiments/bench.py --device cuda --compile
     python experiments/bench.py --init out/demo/base/ckpt.pt   # GFT/GRPO step with a trained model (rollouts stop at eos)
+    python experiments/bench.py --quick --nanogpt .nanogpt/model.py   # on a GPU: + section 4 against nanoGPT's model
+
+Section 4 runs on CUDA only (a printed line says it was skipped elsewhere): issue 13's figures at
+GPT-2-small shape (12x12x768, block 1024, vocab 50304, bf16 autocast, fused AdamW): training
+tok/s and MFU, eager and compiled, against nanoGPT's model.py when --nanogpt gives its path (it
+is never copied into this repository); generation at batch 64, prompt 64, 192 new tokens by the
+eager cache, fast decode (GPT.generate(fast=True)), recompute and nanoGPT's generate; fast decode
+at the default config; GFT step / GRPO step with fast decode. Each ratio is printed with PASS or
+MISS against the issue's target. experiments/gpu_check.sh runs it with the GPU tests.
 
 Every figure is a median over --repeats timed runs after warm-up runs. Runs that are compared
 (cache vs recompute, GFT vs GRPO, 1 vs N threads) alternate, so drift in the machine's load
@@ -31,9 +40,12 @@ slower than 1; then the rest runs on 1 thread, as printed (--threads N forces N)
 """
 import argparse
 import collections
+import contextlib
 import copy
 import ctypes
 import gc
+import importlib.util
+import io
 import os
 import resource
 import statistics
@@ -149,7 +161,8 @@ def matmul_peak(device, n, repeats):
 def flops_per_token(model, T):
     """6 N + 12 L C T (module docstring)."""
     c = model.config
-    N = model.num_params(non_embedding=False) - sum(p.numel() for p in model.transformer.wpe.parameters())
+    N = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in model.transformer.wpe.parameters())
+    # (parameters() counts the tied embedding once; the same on nanoGPT's model)
     return 6 * N + 12 * c.n_layer * c.n_embd * T
 
 
@@ -277,14 +290,14 @@ class Phases:
         return timed_fn
 
 
-def rl_step_fn(mode, model, device, args, tok, pool):
+def rl_step_fn(mode, model, device, args, tok, pool, fast_decode=False):
     """One step of train.py's gft or grpo mode, on the real code: train.train_step's pieces
     (sample_rollouts; build_groups: teachers and verifier; step_loss: flatten_groups, LogProbs,
     the loss, its metrics), then
     backward, grad clip and AdamW as train.run. Returns run(step) -> (Phases, metrics), and
     the train.py config."""
     cfg = train.make_config(mode=mode, init="(bench)", device=str(device), compile=args.compile,
-                            max_new_tokens=GEN_NEW)
+                            max_new_tokens=GEN_NEW, fast_decode=fast_decode)
     optim = train.make_optimizer(model, cfg.lr, cfg.weight_decay)
     logprob_fn = train.LogProbs(model)
     if args.compile:
@@ -310,14 +323,14 @@ def rl_step_fn(mode, model, device, args, tok, pool):
     return run, cfg
 
 
-def bench_rl(device, args, tok, init):
+def bench_rl(device, args, tok, init, fast_decode=False):
     pool = D.make_split("train", 2000, seed=1337)
     if init:
         base = train.model_from_checkpoint(train.load_checkpoint(init), init)
     else:
         torch.manual_seed(0)
         base = GPT(GPTConfig(block_size=BLOCK, vocab_size=tok.vocab_size, **CONFIGS["default"]))
-    steps = {mode: rl_step_fn(mode, copy.deepcopy(base).to(device).train(), device, args, tok, pool)
+    steps = {mode: rl_step_fn(mode, copy.deepcopy(base).to(device).train(), device, args, tok, pool, fast_decode)
              for mode in ("gft", "grpo")}
     repeats = args.repeats
     phases = {mode: collections.defaultdict(list) for mode in steps}
@@ -346,6 +359,183 @@ def bench_rl(device, args, tok, init):
     return steps, phases, info, mem
 
 
+# ----------------------------------------------------------------------------- 4. GPU: GPT-2-small shape
+
+# issue 13's reference shape and targets; nanoGPT's model.py is compared when --nanogpt gives its path
+GPT2 = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304, dropout=0.0, bias=False)
+GPT2_BATCH = 16  # x 1024 tokens per training step (nanoGPT's micro-batch at this shape)
+G2_BATCH, G2_PROMPT, G2_NEW = 64, 64, 192  # the rollout-like generation of issue 13
+TARGETS = dict(train=1.0, gen_gpt2=8.0, gen_default=5.0, gft_grpo=0.6)
+
+
+def verdict(ratio, target, at_most=False):
+    ok = ratio <= target if at_most else ratio >= target
+    return f"{'PASS' if ok else 'MISS'} (target {'<=' if at_most else '>='} {target:g}x)"
+
+
+def load_nanogpt(path):
+    """nanoGPT's model.py (karpathy/nanoGPT), imported from the given path; never copied here."""
+    spec = importlib.util.spec_from_file_location("nanogpt_model", path)
+    mod = importlib.util.module_from_spec(spec)
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints its parameter count
+        spec.loader.exec_module(mod)
+    return mod
+
+
+def gpt2_models(nanogpt):
+    """{name: model} at GPT2 shape, random init; the same config for every one."""
+    models = {}
+    if nanogpt:
+        torch.manual_seed(0)
+        with contextlib.redirect_stdout(io.StringIO()):
+            models["nanoGPT"] = nanogpt.GPT(nanogpt.GPTConfig(**GPT2))
+    torch.manual_seed(0)
+    models["ours"] = GPT(GPTConfig(**GPT2))
+    torch.manual_seed(0)
+    models["ours rope=False"] = GPT(GPTConfig(**GPT2, rope=False))  # nanoGPT's learned positions
+    return models
+
+
+def gpt2_train_step(model, device, compile_):
+    """nanoGPT's train.py step at its GPT-2 config, for any model with forward(idx, targets):
+    bf16 autocast, fused AdamW (lr 6e-4, betas (0.9, 0.95), decay 0.1 on matrices), clip 1.0,
+    one micro-batch of GPT2_BATCH x 1024 random tokens."""
+    xy = torch.randint(0, GPT2["vocab_size"], (GPT2_BATCH, GPT2["block_size"] + 1),
+                       generator=torch.Generator().manual_seed(0)).to(device)
+    x, y = xy[:, :-1].contiguous(), xy[:, 1:].contiguous()  # nanoGPT's forward views targets: contiguous
+    groups = [{"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": 0.1},
+              {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}]
+    optim = torch.optim.AdamW(groups, lr=6e-4, betas=(0.9, 0.95), fused=True)
+    fwd = torch.compile(model) if compile_ else model
+
+    def step():
+        optim.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            _, loss = fwd(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optim.step()
+    return step
+
+
+def gpt2_training(models, device, args, peak):
+    """Training rows (eager, then compiled unless --gpu_compile 0), each model's runs interleaved."""
+    T = GPT2["block_size"]
+    rows = []
+    for compile_ in (False, True) if args.gpu_compile else (False,):
+        # compiled: nanoGPT's and ours only (each compile takes about a minute)
+        timed_models = {k: m for k, m in models.items() if not (compile_ and k == "ours rope=False")}
+        steps = {name: gpt2_train_step(m.to(device).train(), device, compile_) for name, m in timed_models.items()}
+        t = medians(steps, device, max(10, 2 * args.repeats), warmup=3)  # the first calls compile
+        for name, m in timed_models.items():
+            tps = GPT2_BATCH * T / t[name]
+            vs = "-"
+            if "nanoGPT" in t:  # tokens/s ratio = inverse time ratio
+                vs = f"{t['nanoGPT'] / t[name]:.2f}x"
+                if name == "ours":
+                    vs += f" {verdict(t['nanoGPT'] / t[name], TARGETS['train'])}"
+            rows.append((f"{name} {'compiled' if compile_ else 'eager'}", f"{tps / 1e3:.0f}k", f"{1e3 * t[name]:.1f}",
+                         f"{100 * tps * flops_per_token(m, T) / peak:.0f}%", vs))
+        del steps  # the optimizers' state
+        torch.cuda.empty_cache()
+    return rows
+
+
+def generation_fns(model, idx, new, device, nanogpt_model=None):
+    """{path: run()} for one batch of prompts idx: this project's eager cache, fast decode and
+    recompute, and nanoGPT's generate (which recomputes the prefix) when given; all bf16."""
+    def ours(**kw):
+        def run():
+            g = torch.Generator(device=device).manual_seed(0)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                model.generate(idx, new, temperature=1.0, generator=g, **kw)
+        return run
+    fns = {"fast": ours(fast=True), "cache": ours(), "recompute": ours(use_cache=False)}
+    if nanogpt_model is not None:
+        def nano():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                nanogpt_model.generate(idx, new, temperature=1.0)
+        fns["nanoGPT generate"] = nano
+    return fns
+
+
+def gpt2_generation(models, device, args):
+    """New tokens/s of every path at G2_BATCH x G2_PROMPT + G2_NEW, interleaved."""
+    idx = torch.randint(0, GPT2["vocab_size"], (G2_BATCH, G2_PROMPT),
+                        generator=torch.Generator().manual_seed(0)).to(device)
+    nano = models["nanoGPT"].to(device).eval() if "nanoGPT" in models else None
+    fns = generation_fns(models["ours"].to(device).eval(), idx, G2_NEW, device, nano)
+    t = medians(fns, device, args.repeats, warmup=1)
+    return {name: G2_BATCH * G2_NEW / sec for name, sec in t.items()}
+
+
+def default_generation(device, args, tok):
+    """Section 2's shape at the default config, with fast decode: new tokens/s per path."""
+    idx = torch.randint(0, 256, (GEN_BATCH, GEN_PROMPT), generator=torch.Generator().manual_seed(0)).to(device)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=BLOCK, vocab_size=tok.vocab_size, **CONFIGS["default"])).to(device).eval()
+    t = medians(generation_fns(model, idx, GEN_NEW, device), device, args.repeats, warmup=1)
+    return {name: GEN_BATCH * GEN_NEW / sec for name, sec in t.items()}
+
+
+def profile_decode(device):
+    """torch.profiler tables of 32 decode steps at GPT-2-small shape, eager cache against fast."""
+    from torch.profiler import ProfilerActivity, profile
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**GPT2)).to(device).eval()
+    idx = torch.randint(0, GPT2["vocab_size"], (G2_BATCH, G2_PROMPT), device=device)
+    for fast in (False, True):
+        run = generation_fns(model, idx, 32, device)["fast" if fast else "cache"]
+        run()  # warm-up
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            run()
+            sync(device)
+        print(f"\n   profile: 32 new tokens, {'fast' if fast else 'eager cache'} (top 12 by CUDA time)")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12))
+
+
+def bench_gpu(device, args, tok, peak, rl_ratio_eager):
+    """Section 4 (CUDA only): issue 13's figures, with PASS/MISS against its targets."""
+    nanogpt = load_nanogpt(args.nanogpt) if args.nanogpt else None
+    models = gpt2_models(nanogpt)
+    n = models["ours"].num_params(non_embedding=False)
+    print(f"\n4. GPU, GPT-2-small shape ({label(GPT2)}, block {GPT2['block_size']}, vocab {GPT2['vocab_size']}, "
+          f"{n / 1e6:.0f}M params), bf16 autocast, {torch.cuda.get_device_name(device)}"
+          + ("" if nanogpt else "; nanoGPT not compared (--nanogpt PATH/model.py)"))
+    print(f"   training: batch {GPT2_BATCH} x {GPT2['block_size']}, fused AdamW, clip 1.0; MFU against the "
+          f"matmul peak above")
+    table(("model", "tok/s", "ms/step", "MFU", "vs nanoGPT"), gpt2_training(models, device, args, peak))
+
+    print(f"\n   generation: batch {G2_BATCH}, prompt {G2_PROMPT}, {G2_NEW} new tokens, temperature 1 "
+          f"(new tokens/s)")
+    r = gpt2_generation(models, device, args)
+    rows = [(name, f"{tps:.0f}", f"{tps / r['recompute']:.1f}x",
+             f"{tps / r['nanoGPT generate']:.1f}x" if "nanoGPT generate" in r else "-") for name, tps in r.items()]
+    table(("path", "new tok/s", "vs recompute", "vs nanoGPT generate"), rows)
+    for name in ("fast", "cache"):
+        line = f"   {name}: vs recompute {verdict(r[name] / r['recompute'], TARGETS['gen_gpt2'])}"
+        if "nanoGPT generate" in r:
+            line += f"; vs nanoGPT generate {verdict(r[name] / r['nanoGPT generate'], TARGETS['gen_gpt2'])}"
+        print(line)
+    del models
+    torch.cuda.empty_cache()
+
+    d = default_generation(device, args, tok)
+    print(f"\n   generation at the default config (section 2's shape): fast {d['fast']:.0f}, cache {d['cache']:.0f}, "
+          f"recompute {d['recompute']:.0f} new tok/s; fast vs recompute "
+          f"{verdict(d['fast'] / d['recompute'], TARGETS['gen_default'])}, cache vs recompute "
+          f"{d['cache'] / d['recompute']:.1f}x")
+
+    _, phases, _, _ = bench_rl(device, args, tok, args.init, fast_decode=True)
+    fast_ratio = statistics.median(phases["gft"]["total"]) / statistics.median(phases["grpo"]["total"])
+    share = statistics.median(phases["grpo"]["rollouts"]) / statistics.median(phases["grpo"]["total"])
+    print(f"\n   GFT step / GRPO step (section 3's steps): eager decode {rl_ratio_eager:.2f}, fast decode "
+          f"{fast_ratio:.2f} {verdict(fast_ratio, TARGETS['gft_grpo'], at_most=True)}; with fast decode the "
+          f"GRPO step is {1e3 * statistics.median(phases['grpo']['total']):.0f} ms, rollouts {share:.0%} of it")
+    if args.gpu_profile:
+        profile_decode(device)
+
+
 # ----------------------------------------------------------------------------- report
 
 def label(shape):
@@ -367,6 +557,10 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads; 0 = torch's default, or 1 when the first measurement finds 1 faster")
     p.add_argument("--init", default="", help="train.py checkpoint for the GFT/GRPO step (default: random init)")
+    p.add_argument("--nanogpt", default="", help="GPU section: path to karpathy/nanoGPT's model.py to compare with")
+    p.add_argument("--gpu_compile", type=int, default=1, choices=(0, 1),
+                   help="GPU section: also time torch.compile'd training (1, ~1-2 min of compiling) or not (0)")
+    p.add_argument("--gpu_profile", action="store_true", help="GPU section: torch.profiler tables of decoding")
     args = p.parse_args(argv)
     if args.repeats < 1:
         raise SystemExit(f"--repeats must be >= 1, got {args.repeats}")
@@ -374,6 +568,8 @@ def main(argv=None):
         args.repeats = min(args.repeats, 3)
     if args.threads < 0:
         raise SystemExit(f"--threads must be >= 0, got {args.threads}")
+    if args.nanogpt and not os.path.isfile(args.nanogpt):
+        raise SystemExit(f"--nanogpt {args.nanogpt!r}: no such file (give the path to nanoGPT's model.py)")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
@@ -445,6 +641,10 @@ def main(argv=None):
     share = statistics.median(phases["grpo"]["rollouts"]) / statistics.median(phases["grpo"]["total"])
     print(f"   GFT step / GRPO step = {ratio:.2f}; rollouts are {share:.0%} of the GRPO step, so halving them "
           f"alone gives 1 - {share:.2f} / 2 = {1 - share / 2:.2f}")
+    if device.type == "cuda":
+        bench_gpu(device, args, tok, peak, ratio)
+    else:
+        print("\n4. GPU section (GPT-2-small shape, fast decode, nanoGPT): skipped, no CUDA device here")
     end_load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     print(f"\nbench took {time.time() - t_start:.0f} s{end_load}")
 

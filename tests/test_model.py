@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 from data import Tokenizer, make_split
-from model import GPT, GPTConfig, pick_device
+from model import GPT, GPTConfig, pick_device, rope_tables, rotate
 
 TOK = Tokenizer()
 EOS, PAD = TOK.eos_id, TOK.pad_id
@@ -380,3 +380,122 @@ def test_rope_model_kv_cache_equals_recompute_and_padding_invariance():
     alone = m.generate(idx[0:1, 3:], 12, temperature=0)
     assert torch.equal(a.tokens, b.tokens) and torch.equal(alone.tokens[0], a.tokens[0])
     assert "wpe" not in dict(m.named_parameters())  # no learned positions to train or sync
+
+
+# ----------------------------------------------------------------------------- rotary positions
+
+def real_rotary(x, pos):
+    """The obviously-correct formula: slice out each pair, rotate it, put it back (float32)."""
+    cos, sin = (t[pos].unsqueeze(1) for t in rope_tables(64, x.size(-1)))  # (B, 1, T, hs/2)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), -1).flatten(-2)
+
+
+def test_float32_rotary_is_bitwise_the_real_formula_values_and_gradients():
+    """The complex product that float32 uses (fast on CPU) does the real formula's arithmetic."""
+    model = random_model()
+    pos = torch.randint(0, 64, (3, 20))
+    x = torch.randn(3, 20, 2, 16).transpose(1, 2).requires_grad_(True)  # (B, nh, T, hs), as q is made
+    a, b = rotate(x, model._rot(pos, x)), real_rotary(x, pos)
+    assert torch.equal(a, b)
+    g = torch.randn_like(a)
+    assert torch.equal(*(torch.autograd.grad(y, x, g)[0] for y in (a, b)))
+
+
+def test_bfloat16_rotary_agrees_with_float32_within_bfloat16_rounding():
+    """The real path that runs under bf16 autocast (GPU) against the float32 one."""
+    model = random_model()
+    pos = torch.randint(0, 64, (3, 20))
+    x = torch.randn(3, 20, 2, 16).transpose(1, 2)
+    x16 = x.bfloat16()
+    rot16 = model._rot(pos, x16)
+    assert not rot16.is_complex() and rot16.dtype == torch.bfloat16
+    y16 = rotate(x16, rot16)
+    assert y16.dtype == torch.bfloat16
+    torch.testing.assert_close(y16.float(), real_rotary(x16.float(), pos), rtol=2e-2, atol=2e-2)
+    idx = torch.randint(0, 256, (2, 30))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # the autocast dtype decides, not x's
+        assert not model._rot(pos, x).is_complex()
+        logits16, _ = model(idx)
+    with torch.no_grad():
+        logits32, _ = model(idx)
+    torch.testing.assert_close(logits16.float(), logits32, rtol=0.05, atol=0.05)
+
+
+def test_rotary_tables_are_not_in_the_checkpoint_and_an_old_state_dict_loads():
+    model = random_model()
+    sd = model.state_dict()
+    assert not any("rope" in k for k in sd)  # buffers, non-persistent: checkpoints hold weights only
+    fresh = random_model(seed=1)
+    fresh.load_state_dict(sd)  # strict
+    x = torch.randint(0, 256, (2, 30))
+    assert torch.equal(fresh(x)[0], model(x)[0])
+
+
+# ----------------------------------------------------------------------------- fast decode
+
+@settings(max_examples=10, deadline=None, derandomize=True)
+@given(st.lists(st.sampled_from(range(len(RAGGED))), min_size=1, max_size=5, unique=True),
+       st.integers(1, 40))
+def test_fast_decode_greedy_equals_eager_for_ragged_prompts_and_any_length(fitted, rows, max_new):
+    model, _ = fitted
+    idx, mask = left_pad([RAGGED[r] for r in rows])
+    eager = model.generate(idx, max_new, temperature=0, pad_mask=mask, eos_id=EOS, pad_id=PAD)
+    fast = model.generate(idx, max_new, temperature=0, pad_mask=mask, eos_id=EOS, pad_id=PAD, fast=True)
+    assert all(torch.equal(a, b) for a, b in zip(eager, fast))  # tokens, lengths, stopped
+
+
+def test_fast_decode_sampling_equals_eager_with_same_generator_seed():
+    model = random_model()  # near-uniform logits: every draw matters
+    idx, mask = left_pad(RAGGED)
+    for temperature, top_k in [(1.0, None), (1.5, 5), (0.7, 1)]:
+        a, b = (model.generate(idx, 40, temperature, top_k, mask, generator=torch.Generator().manual_seed(3),
+                               fast=fast) for fast in (False, True))
+        assert torch.equal(a.tokens, b.tokens), (temperature, top_k)
+
+
+@pytest.mark.parametrize("max_new", [5, 16, 30, 40])  # the stop check runs every 16 tokens
+def test_fast_decode_stops_at_eos_as_eager_does(fitted, max_new):
+    model, _ = fitted
+    idx, mask = left_pad(RAGGED)
+    ref = model.generate(idx, max_new, temperature=0, pad_mask=mask).tokens
+    # an "eos" every row emits early (all rows stop: the loop ends at a stop check) and one that
+    # only some rows emit (the loop runs to max_new)
+    everyone = next((int(t) for t in ref[0] if (ref == t).any(1).all()), None)
+    some = next(int(t) for t in ref[0] if not (ref == t).any(1).all())
+    for eos in (everyone, some):
+        if eos is None:
+            continue
+        eager = model.generate(idx, max_new, temperature=0, pad_mask=mask, eos_id=eos, pad_id=PAD)
+        fast = model.generate(idx, max_new, temperature=0, pad_mask=mask, eos_id=eos, pad_id=PAD, fast=True)
+        check_stopping(ref, fast, eos, PAD, max_new)
+        assert all(torch.equal(a, b) for a, b in zip(eager, fast))
+
+
+def test_fast_decode_sampled_rows_stop_as_eager_ones_do():
+    model = random_model()
+    idx, mask = left_pad(RAGGED)
+    ref = model.generate(idx, 30, pad_mask=mask, generator=torch.Generator().manual_seed(5)).tokens
+    eos = int(ref[0, 3])
+    gen = model.generate(idx, 30, pad_mask=mask, eos_id=eos, pad_id=PAD, generator=torch.Generator().manual_seed(5),
+                         fast=True)
+    check_stopping(ref, gen, eos, PAD, 30)
+
+
+def test_fast_decode_checks_settings_as_eager_does():
+    model = random_model(block_size=20)
+    prompt = torch.randint(0, 256, (2, 5))
+    model.generate(prompt, 15, temperature=0, fast=True)  # exactly fills the block
+    with pytest.raises(ValueError, match="block_size 20"):
+        model.generate(prompt, 16, temperature=0, fast=True)
+    with pytest.raises(ValueError, match="use_cache"):
+        model.generate(prompt, 2, fast=True, use_cache=False)
+
+
+def test_fast_decode_with_learned_positions_equals_eager():
+    model = random_model(rope=False)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30)  # separate the logits so greedy has no near-ties
+    idx, mask = left_pad(RAGGED)
+    a, b = (model.generate(idx, 30, temperature=0, pad_mask=mask, fast=fast) for fast in (False, True))
+    assert torch.equal(a.tokens, b.tokens)

@@ -61,6 +61,18 @@ def test_gft_with_tau_zero_and_one_expert_takes_the_same_step_as_sft(base, tmp_p
     assert not torch.equal(a["lm_head.weight"], weights(base)["lm_head.weight"])  # a step was taken
 
 
+def test_fast_decode_rollouts_take_the_same_gft_step_as_eager_ones(base, tmp_path, monkeypatch):
+    args = ("gft", "--init", base, "--steps", "1", "--prompts_per_step", "2", "--n_rollout", "3")
+    run(*args, "--out", str(tmp_path / "eager"))
+    import model  # the module whose fast_generate is counted
+    calls, fast_generate = [], model.fast_generate
+    monkeypatch.setattr(model, "fast_generate", lambda *a: calls.append(1) or fast_generate(*a))
+    run(*args, "--out", str(tmp_path / "fast"), "--fast_decode", "true")
+    assert len(calls) == 1  # the step's rollouts; evaluation stays on the eager path
+    a, b = weights(str(tmp_path / "eager" / "ckpt.pt")), weights(str(tmp_path / "fast" / "ckpt.pt"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_after_interruption_equals_uninterrupted_run_bitwise(base, tmp_path, monkeypatch):
     args = ("gft", "--init", base, "--steps", "4", "--ckpt_every", "2", "--prompts_per_step", "2", "--n_rollout", "2")
     run(*args, "--out", str(tmp_path / "full"))
@@ -121,7 +133,9 @@ def test_pass_at_k_equals_brute_force_over_all_subsets(n, c, k):
 def test_two_ddp_processes_match_one_process_on_the_same_global_batch(base, tmp_path):
     if shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")):
         pytest.fail("torchrun not found next to the Python interpreter")
-    args = ["sft", "--init", base, "--steps", "2", "--batch_size", "6", *FAST]
+    # --device cpu: two gloo processes on the CPU, also on a machine with one GPU (auto would
+    # give each process cuda:LOCAL_RANK and stop: test_more_processes_than_gpus_stop_with_what_to_do)
+    args = ["sft", "--init", base, "--steps", "2", "--batch_size", "6", "--device", "cpu", *FAST]
     train.main(args + ["--out", str(tmp_path / "one")])
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
@@ -131,6 +145,19 @@ def test_two_ddp_processes_match_one_process_on_the_same_global_batch(base, tmp_
     a, b = weights(str(tmp_path / "one" / "ckpt.pt")), weights(str(tmp_path / "two" / "ckpt.pt"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", ["auto", "cuda"])
+def test_more_processes_than_gpus_stop_with_what_to_do(monkeypatch, device):
+    """torchrun --nproc_per_node 2 on a one-GPU machine (simulated: no GPU needed)."""
+    for k, v in dict(RANK="1", WORLD_SIZE="2", LOCAL_RANK="1", LOCAL_WORLD_SIZE="2").items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: pytest.fail("set_device reached"))
+    with pytest.raises(SystemExit, match=r"2 processes on this node but it has 1 GPU.*"
+                                         r"--nproc_per_node 1 or fewer.*--device cpu"):
+        train.setup_distributed(train.Config(mode="sft", device=device))
 
 
 def test_every_evaluation_during_training_is_logged(base, tmp_path):

@@ -1,0 +1,160 @@
+"""What only a GPU can check: bf16 autocast, CUDA graphs, torch.compile, one process per GPU.
+
+Every test here is skipped without CUDA, so the CPU suite (and CI) is unchanged. On a GPU they
+take well under a minute. Tolerances are bf16's: a bf16 mantissa has 8 bits (~0.4% relative).
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import data as D
+import train
+from model import GPT, GPTConfig
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (GPU-only checks)")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEV = torch.device("cuda")
+TOK = D.Tokenizer()
+EOS, PAD = TOK.eos_id, TOK.pad_id
+TINY = dict(block_size=64, n_layer=2, n_head=2, n_embd=32)
+BF16 = dict(device_type="cuda", dtype=torch.bfloat16)
+
+
+def left_pad(seqs, width=None):
+    """Token lists -> idx (B, T) left-padded and pad_mask (B, T), True at real tokens, on the GPU."""
+    T = width or max(map(len, seqs))
+    idx = torch.full((len(seqs), T), PAD)
+    mask = torch.zeros(len(seqs), T, dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        idx[i, T - len(s):] = torch.tensor(s)
+        mask[i, T - len(s):] = True
+    return idx.to(DEV), mask.to(DEV)
+
+
+FIT_PROBLEMS = D.make_split("train", 8, seed=0)
+# the fitted prompts (all of one length): on unseen prompts a tiny model has near-ties that bf16
+# rounding decides differently in differently shaped (equally right) kernels
+PROMPTS = [TOK.encode(p.prompt) for p in FIT_PROBLEMS]
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """tests/test_model.py's fitted model, trained on the GPU: separated logits, so greedy tokens
+    do not hinge on bf16 rounding between near-ties."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**TINY)).to(DEV)
+    rows = [TOK.encode(p.prompt + p.expert) + [EOS] for p in FIT_PROBLEMS]
+    L = max(map(len, rows))
+    x = torch.full((len(rows), L), PAD)
+    y = torch.full((len(rows), L), -1)
+    for i, s in enumerate(rows):
+        x[i, :len(s)], y[i, :len(s) - 1] = torch.tensor(s), torch.tensor(s[1:])
+    x, y = x.to(DEV), y.to(DEV)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    for _ in range(300):
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1
+    return model.eval()
+
+
+def test_kv_cache_logits_equal_recompute_on_cuda_under_bf16():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=64)).to(DEV).eval()
+    seq = torch.randint(0, 256, (4, 40), device=DEV)
+    T = 24  # prompt; the remaining 16 tokens go through the cache one at a time
+    with torch.no_grad(), torch.autocast(**BF16):
+        full = model(seq)[0].float()  # (B, 40, V), recomputed in one pass
+        cache = model._new_cache(4, 40, DEV)
+        steps = [model._logits(seq[:, :T], cache=cache).float()]  # prefill (B, T, V)
+        cache.length = T
+        every_key = torch.ones(4, 1, 1, 40, dtype=torch.bool, device=DEV)
+        for t in range(T, 40):
+            pos = torch.full((1, 1), t, device=DEV)
+            steps.append(model._logits(seq[:, t:t + 1], cache=cache, pos=pos, attn_mask=every_key[..., :t + 1]).float())
+            cache.length += 1
+    assert cache.k.dtype == torch.bfloat16
+    cached = torch.cat(steps, 1)
+    scale = full.abs().max()
+    torch.testing.assert_close(cached, full, rtol=0, atol=float(0.02 * scale))
+
+
+@pytest.mark.parametrize("autocast", [True, False])
+@pytest.mark.parametrize("pads", [0, 3])  # left pads before every prompt
+def test_kv_cache_and_fast_graph_decode_give_recompute_greedy_tokens_on_cuda(fitted, autocast, pads):
+    idx, mask = left_pad(PROMPTS, width=max(map(len, PROMPTS)) + pads)
+    ctx = torch.autocast(**BF16) if autocast else torch.autocast("cuda", enabled=False)
+    with ctx:
+        kw = dict(temperature=0, pad_mask=mask, eos_id=EOS, pad_id=PAD)
+        recompute = fitted.generate(idx, 50, use_cache=False, **kw)
+        cached = fitted.generate(idx, 50, **kw)
+        fast = fitted.generate(idx, 50, fast=True, **kw)  # captured as a CUDA graph
+    for a, b in ((recompute, cached), (cached, fast)):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    for i, p in enumerate(FIT_PROBLEMS):  # and they are the fitted answers
+        assert TOK.decode_response(fast.tokens[i].tolist()) == p.expert
+
+
+def test_fast_graph_decode_sampling_equals_eager_with_same_generator_in_float32(fitted):
+    """Float32 (no autocast): the graph replays eager's kernels, so the same draws give the same tokens."""
+    idx, mask = left_pad(PROMPTS)
+    a, b = (fitted.generate(idx, 40, temperature=1.0, pad_mask=mask, eos_id=EOS, pad_id=PAD,
+                            generator=torch.Generator(device=DEV).manual_seed(3), fast=fast) for fast in (False, True))
+    assert torch.equal(a.tokens, b.tokens)
+
+
+def test_bf16_rotary_training_step_matches_float32_within_bf16_rounding():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=64)).to(DEV)
+    x = torch.randint(0, 256, (4, 65), device=DEV)
+    _, loss32 = model(x[:, :-1], x[:, 1:])
+    g32 = torch.autograd.grad(loss32, model.transformer.h[0].attn.c_attn.weight)[0]
+    with torch.autocast(**BF16):
+        _, loss16 = model(x[:, :-1], x[:, 1:])
+    g16 = torch.autograd.grad(loss16, model.transformer.h[0].attn.c_attn.weight)[0]
+    assert abs(loss16.item() - loss32.item()) < 0.02 * loss32.item()
+    assert torch.nn.functional.cosine_similarity(g16.flatten(), g32.flatten(), dim=0) > 0.99
+
+
+@pytest.mark.parametrize("fast_decode", [False, True])
+def test_bf16_gft_step_gives_finite_loss_and_gradients(fast_decode):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig()).to(DEV).train()
+    cfg = train.make_config(mode="gft", init="(test)", device="cuda", prompts_per_step=4, max_new_tokens=48,
+                            fast_decode=fast_decode)
+    pool = D.make_split("train", 64, seed=1337)
+    loss, m = train.train_step(model, train.LogProbs(model), TOK, cfg, 0, pool, None, 0, 1)
+    loss.backward()
+    assert math.isfinite(loss.item()) and math.isfinite(m["entropy"])
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_compile_true_trains_a_few_steps(tmp_path):
+    out = str(tmp_path / "compiled")
+    train.main(["pretrain", "--device", "cuda", "--compile", "true", "--out", out, "--steps", "3",
+                "--batch_size", "8", "--gate_pass1", "0", "--log_every", "1", "--n_layer", "1", "--n_head", "2",
+                "--n_embd", "32", "--block_size", "96", "--max_new_tokens", "48", "--eval_n", "4",
+                "--passk_problems", "2", "--passk_n", "2", "--kl_n", "2", "--n_prompts", "32"])
+    rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+
+
+def test_torchrun_with_more_processes_than_gpus_stops_with_what_to_do(tmp_path):
+    n = torch.cuda.device_count()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n + 1), "--master_port", "29531",
+           os.path.join(ROOT, "train.py"), "pretrain", "--steps", "1", "--out", str(tmp_path / "x")]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert p.returncode != 0
+    assert f"{n + 1} processes on this node but it has {n} GPU" in p.stdout + p.stderr
+    assert "--device cpu" in p.stdout + p.stderr
