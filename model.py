@@ -147,7 +147,7 @@ class Block(nn.Module):
 class GPTConfig:
     block_size: int = 128  # longest prompt + response; the built-in task needs < 80
     vocab_size: int = 258  # data.py's byte encoding: 256 bytes + end-of-text + pad
-    n_layer: int = 4  # 4 x 4 x 128 trains at ~15k tokens/s on 2 CPU cores (TASK_NOTES.md)
+    n_layer: int = 4  # 4 x 4 x 128 trains at ~15k tokens/s on 2 CPU cores (docs/performance.md)
     n_head: int = 4
     n_embd: int = 128
     dropout: float = 0.0  # tiny models on generated data do not overfit in minutes
