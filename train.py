@@ -916,9 +916,10 @@ def demo(cfg):
     rows = {}
     if os.path.exists(base_ckpt) and load_checkpoint(base_ckpt).get("finished"):
         print(f"reusing base model {base_ckpt} (delete it to retrain)")
-    else:
-        run(make_config(mode="pretrain", out=os.path.dirname(base_ckpt), resume=True, log_every=250, **common))
-    rows["base"] = run(make_config(mode="eval", init=base_ckpt, **common))
+        rows["base"] = run(make_config(mode="eval", init=base_ckpt, **common))
+    else:  # pretraining ends with the same evaluation
+        rows["base"] = run(make_config(mode="pretrain", out=os.path.dirname(base_ckpt), resume=True, log_every=250,
+                                       **common))
     require_base_in_band(rows["base"], base_ckpt)  # a base outside the band makes the table meaningless
     gft_cfg = make_config(mode="gft", init=base_ckpt, out=os.path.join(root, "gft"), log_every=25, **common)
     group = gft_cfg.prompts_per_step * (gft_cfg.n_expert + gft_cfg.n_teacher + gft_cfg.n_rollout)  # sequences per GFT step

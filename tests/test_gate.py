@@ -88,5 +88,5 @@ def test_demo_stops_before_fine_tuning_when_its_base_misses_the_band(tmp_path, m
     monkeypatch.setattr(train, "run", fake_run)
     with pytest.raises(SystemExit) as e:
         train.main(["--out", str(tmp_path / "demo")])
-    assert modes == ["pretrain", "eval"]  # no SFT or GFT run on a base outside its band
+    assert modes == ["pretrain"]  # its final evaluation is the base row; no SFT or GFT on a base outside its band
     assert "0.020" in str(e.value) and "below" in str(e.value)
