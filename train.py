@@ -904,10 +904,10 @@ def _trim_metrics(path, step):
 
 def demo(cfg):
     """The main job: pretrain a base (or reuse it), SFT and GFT from it on the same prompts and
-    the same number of trained sequences per step, then one table. Under 10 minutes on 2 CPU
+    the same number of trained sequences per step, then one table. 5 to 10 minutes on 2 CPU
     cores. Only --out, --seed, --device and the evaluation sizes apply; the recipe is fixed."""
     print("demo: pretrain a base model (or reuse one), fine-tune it with SFT and with GFT on the same\n"
-          "prompts, evaluate all three. About 5 minutes on 2 CPU cores (about 2.5 when the base is reused).")
+          "prompts, evaluate all three. 5 to 10 minutes on 2 CPU cores (half that when the base is reused).")
     t0 = time.time()
     root = cfg.out
     base_ckpt = os.path.join(root, "base", "ckpt.pt")
