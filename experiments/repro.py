@@ -266,7 +266,7 @@ def report(records, passk, seeds, steps, total, quick, sweep_records, lrs):
              f"), then {steps} optimiser steps per run, "
              f"{P} prompts x 8 responses per step (SFT/DFT: {8 * P} demonstrations per step). "
              f"Cells: mean over {seeds} seed(s), spread = min..max over seeds. Wall time: {total / 60:.1f} min.", "",
-             ("Learning rates: train.py's MODE_DEFAULTS, which the full run's sweep chose: " +
+             ("Learning rates: train.py's MODE_DEFAULTS (see its comment for the sweep that chose them): " +
               ", ".join(f"{m} {lr:g}" for m, lr in lrs.items()) + "." if not sweep_records else
               "Learning rate per method: the best of " + ", ".join(f"{x:g}" for x in LRS) + " by greedy accuracy on "
              "the val split (seed 0): " + "; ".join(
