@@ -338,15 +338,10 @@ class GPT(nn.Module):
         for t in range(max_new_tokens):
             if not use_cache:
                 logits = self._logits(seq[:, :T + t], real[:, :T + t])[:, -1]
-            nxt = self._sample(logits.float(), temperature, top_k, generator)  # (B,)
-            nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-            out[:, t] = nxt
-            if eos_id is not None:
-                hit = (nxt == eos_id) & ~done
-                lengths = torch.where(hit, torch.full_like(lengths, t + 1), lengths)
-                done = done | hit
-                if bool(done.all()):
-                    break
+            nxt, done, lengths = self._emit(logits, t, out, done, lengths, temperature, top_k, generator, eos_id,
+                                            pad_id)
+            if eos_id is not None and bool(done.all()):
+                break
             if t == max_new_tokens - 1:
                 break
             if use_cache:  # one new query, which may attend to every real key: the mask is a view
@@ -356,6 +351,18 @@ class GPT(nn.Module):
             else:
                 seq[:, T + t] = nxt
         return Generation(out, lengths, done)
+
+    def _emit(self, logits, t, out, done, lengths, temperature, top_k, generator, eos_id, pad_id):
+        """Sample new token t from logits (B, V) into out[:, t] (pad_id for rows already stopped);
+        a row that emits eos_id stops with length t + 1. Returns (nxt (B,), done (B,), lengths (B,))."""
+        nxt = self._sample(logits.float(), temperature, top_k, generator)
+        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+        out[:, t] = nxt
+        if eos_id is not None:
+            hit = (nxt == eos_id) & ~done
+            lengths = torch.where(hit, torch.full_like(lengths, t + 1), lengths)
+            done = done | hit
+        return nxt, done, lengths
 
     def _new_cache(self, B, max_len, dev):
         """An empty KVCache for B rows of up to max_len tokens, in the dtype k and v will have."""
@@ -442,15 +449,9 @@ def fast_generate(model, idx, max_new_tokens, temperature, top_k, pad_mask, eos_
         run_step = None  # captured at the first step, when tok holds a real token
 
     for t in range(max_new_tokens):
-        nxt = model._sample(logits.float(), temperature, top_k, generator)  # (B,)
-        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-        out[:, t] = nxt
-        if eos_id is not None:
-            hit = (nxt == eos_id) & ~done
-            lengths = torch.where(hit, torch.full_like(lengths, t + 1), lengths)
-            done = done | hit
-            if (t + 1) % STOP_CHECK_EVERY == 0 and bool(done.all()):  # the only host sync in the loop
-                break
+        nxt, done, lengths = model._emit(logits, t, out, done, lengths, temperature, top_k, generator, eos_id, pad_id)
+        if eos_id is not None and (t + 1) % STOP_CHECK_EVERY == 0 and bool(done.all()):  # the only host sync
+            break
         if t == max_new_tokens - 1:
             break
         tok.copy_(nxt[:, None])

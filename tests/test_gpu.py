@@ -15,6 +15,7 @@ import torch
 import data as D
 import train
 from model import GPT, GPTConfig
+from test_model import left_pad  # tests/ is on sys.path under pytest
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (GPU-only checks)")
 
@@ -24,17 +25,6 @@ TOK = D.Tokenizer()
 EOS, PAD = TOK.eos_id, TOK.pad_id
 TINY = dict(block_size=64, n_layer=2, n_head=2, n_embd=32)
 BF16 = dict(device_type="cuda", dtype=torch.bfloat16)
-
-
-def left_pad(seqs, width=None):
-    """Token lists -> idx (B, T) left-padded and pad_mask (B, T), True at real tokens, on the GPU."""
-    T = width or max(map(len, seqs))
-    idx = torch.full((len(seqs), T), PAD)
-    mask = torch.zeros(len(seqs), T, dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        idx[i, T - len(s):] = torch.tensor(s)
-        mask[i, T - len(s):] = True
-    return idx.to(DEV), mask.to(DEV)
 
 
 FIT_PROBLEMS = D.make_split("train", 8, seed=0)
@@ -90,7 +80,7 @@ def test_kv_cache_logits_equal_recompute_on_cuda_under_bf16():
 @pytest.mark.parametrize("autocast", [True, False])
 @pytest.mark.parametrize("pads", [0, 3])  # left pads before every prompt
 def test_kv_cache_and_fast_graph_decode_give_recompute_greedy_tokens_on_cuda(fitted, autocast, pads):
-    idx, mask = left_pad(PROMPTS, width=max(map(len, PROMPTS)) + pads)
+    idx, mask = (x.to(DEV) for x in left_pad(PROMPTS, width=max(map(len, PROMPTS)) + pads))
     ctx = torch.autocast(**BF16) if autocast else torch.autocast("cuda", enabled=False)
     with ctx:
         kw = dict(temperature=0, pad_mask=mask, eos_id=EOS, pad_id=PAD)
@@ -105,7 +95,7 @@ def test_kv_cache_and_fast_graph_decode_give_recompute_greedy_tokens_on_cuda(fit
 
 def test_fast_graph_decode_sampling_equals_eager_with_same_generator_in_float32(fitted):
     """Float32 (no autocast): the graph replays eager's kernels, so the same draws give the same tokens."""
-    idx, mask = left_pad(PROMPTS)
+    idx, mask = (x.to(DEV) for x in left_pad(PROMPTS))
     a, b = (fitted.generate(idx, 40, temperature=1.0, pad_mask=mask, eos_id=EOS, pad_id=PAD,
                             generator=torch.Generator(device=DEV).manual_seed(3), fast=fast) for fast in (False, True))
     assert torch.equal(a.tokens, b.tokens)
