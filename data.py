@@ -138,6 +138,13 @@ def parse_steps(text):
     return steps, final.strip()
 
 
+def solution_path(text):
+    """The steps (a, op, b) in order: one reasoning path. A running sum's path is its operand
+    order; a tree sum is a path of its own. None if the text does not parse."""
+    parsed = parse_steps(text)
+    return None if parsed is None else tuple(s[:3] for s in parsed[0])
+
+
 def solution_order(text):
     """The order in which a running-sum solution adds the operands: (23, 45, 12, 67) for
     '23+45=68;68+12=80;80+67=147;#### 147'. None if the text does not parse."""
@@ -149,25 +156,29 @@ def solution_order(text):
 
 
 def verify_trace(completion, problem):
-    """Strict check: every step's arithmetic is right, each step starts from the previous
-    result, the operands are used exactly once each, and the final line is the answer.
-    Catches what the answer-only reward pays for: right answers reached by wrong traces."""
+    """Strict check: every step's arithmetic is right, each step uses up two of the numbers at
+    hand (the operands, then the results of earlier steps) and the last one left is the answer.
+    Any order and grouping of an addition passes (running sums and tree sums alike); a
+    subtraction must run left to right from the first operand. Catches what the answer-only
+    reward pays for: right answers reached by wrong traces."""
     if not problem.operands:
         raise ValueError("verify_trace needs a synthetic problem (with operands)")
     parsed = parse_steps(completion)
     if parsed is None:
         return 0.0
     steps, final = parsed
-    prev = None
-    for a, op, b, c in steps:
+    at_hand = list(problem.operands)  # numbers not yet used; a step takes two and gives back one
+    for i, (a, op, b, c) in enumerate(steps):
         if op != problem.op or c != (a + b if op == "+" else a - b):
             return 0.0
-        if prev is not None and a != prev:
-            return 0.0
-        prev = c
-    used = sorted(solution_order(completion))
-    ok = used == sorted(problem.operands) and final == problem.answer and str(prev) == problem.answer
-    return float(ok)
+        if op == "-" and a != (problem.operands[0] if i == 0 else steps[i - 1][3]):
+            return 0.0  # a - b - c: only the subtrahends may change places
+        for x in (a, b):
+            if x not in at_hand:
+                return 0.0
+            at_hand.remove(x)
+        at_hand.append(c)
+    return float(at_hand == [steps[-1][3]] and final == problem.answer and str(steps[-1][3]) == problem.answer)
 
 
 # ----------------------------------------------------------------------------- the task
@@ -196,8 +207,11 @@ class TaskConfig:
     shuffle_share: float = 0.30  # pretraining solutions written in a random operand order
     train_ops: int = 4  # fine-tuning difficulty (train / val / test)
     ood_ops: int = 5  # harder, out-of-distribution test
+    expert_style: str = "chain"  # the expert's form (EXPERT_STYLES); pretraining always writes chains
 
     def __post_init__(self):
+        if self.expert_style not in EXPERT_STYLES:
+            raise ValueError(f"TaskConfig.expert_style must be one of {tuple(EXPERT_STYLES)}, got {self.expert_style!r}")
         if not 1 <= self.digits <= 6:
             raise ValueError(f"TaskConfig.digits must be in [1, 6], got {self.digits}")
         for name in ("probe_share", "shuffle_share"):
@@ -232,9 +246,31 @@ def running_sum(operands, op="+"):
     return "".join(steps) + f"#### {acc}"
 
 
-def make_problem(operands, op="+"):
+def tree_sum(operands, op="+"):
+    """(23, 45, 12, 67) -> '23+45=68;12+67=79;68+79=147;#### 147': neighbours summed in pairs,
+    level by level (an odd one out moves up a level as it is). No pretraining solution is
+    written this way, so to the base model it is an off-policy expert. A subtraction has no
+    such regrouping: it stays a running difference."""
+    if op != "+":
+        return running_sum(operands, op)
+    level, steps = list(operands), []
+    while len(level) > 1:
+        nxt = []
+        for a, b in zip(level[0::2], level[1::2]):
+            steps.append(f"{a}+{b}={a + b};")
+            nxt.append(a + b)
+        level = nxt + level[len(level) - len(level) % 2:]
+    return "".join(steps) + f"#### {level[0]}"
+
+
+EXPERT_STYLES = {"chain": running_sum, "tree": tree_sum}
+# chain: the control, written exactly as pretraining's canonical path (on-policy for the base);
+# tree: the off-policy regime (README "Two regimes")
+
+
+def make_problem(operands, op="+", style="chain"):
     prompt = "Q:" + op.join(str(x) for x in operands) + "="
-    expert = running_sum(operands, op)
+    expert = EXPERT_STYLES[style](operands, op)
     return Problem(prompt=prompt, answer=extract_answer(expert), expert=expert,
                    operands=tuple(operands), op=op)
 
@@ -244,7 +280,7 @@ def _random_problem(rng, n_ops, cfg, op="+"):
     xs = [rng.randint(lo, hi) for _ in range(n_ops)]
     if op == "-":
         xs = sorted(xs, reverse=True)  # a - b >= 0
-    return make_problem(xs, op)
+    return make_problem(xs, op, cfg.expert_style)
 
 
 def make_split(name, n, seed=0, cfg=None):
@@ -277,10 +313,11 @@ def make_split(name, n, seed=0, cfg=None):
 
 
 def pretrain_solution(problem, rng, cfg):
-    """The text a base model learns from: the canonical path, or a random order."""
+    """The text a base model learns from: the canonical running sum, or one in a random order
+    (never the expert's own form when that is not a chain)."""
     if problem.op == "+" and rng.random() < cfg.shuffle_share:
         return running_sum(rng.sample(problem.operands, len(problem.operands)), "+")
-    return problem.expert
+    return running_sum(problem.operands, problem.op)
 
 
 def _slip(operands, rng, op="+"):

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import random
+import statistics
 import sys
 import time
 import zipfile
@@ -73,6 +74,11 @@ class Config:
     tokenizer: str = opt("bytes", "bytes (built in, offline) or a named tiktoken encoding")
     n_prompts: int = opt(2000, "fine-tuning prompt pool size (the paper's 10k groups, scaled down)", lo=1)
     teacher_error: float = opt(D.TEACHER_ERROR, "chance that a built-in teacher solution has a slip", lo=0.0, hi=1.0)
+    expert_style: str = opt("chain", "the built-in expert's form: chain (as pretraining writes it: the control) or "
+                            "tree (pairwise sums, never in pretraining: the off-policy regime)",
+                            choices=tuple(D.EXPERT_STYLES))
+    sft_teachers: int = opt(0, "sft/dft: correct teacher solutions per prompt beside its expert, SFT(mix); "
+                            "a step keeps --batch_size sequences, from batch_size / (1 + this) prompts", lo=0)
     # optimisation
     steps: int = opt(0, "optimiser steps; 0 = the mode's default (MODE_DEFAULTS)", lo=0)
     batch_size: int = opt(32, "sequences per step for pretrain / sft / dft", lo=1)
@@ -81,7 +87,9 @@ class Config:
     min_lr_ratio: float = opt(0.1, "final lr / peak lr", lo=0.0, hi=1.0)
     schedule: str = opt("", "lr after warm-up: cosine (decay to lr * min_lr_ratio at --steps) or constant; "
                         "'' = the mode's default", choices=("", "cosine", "constant"))
-    weight_decay: float = opt(0.0, "AdamW decay of matrices (fine-tuning default 0: stay near the base)", lo=0.0, hi=1.0)
+    weight_decay: float = opt(0.0, "AdamW decay of matrices (fine-tuning default 0: stay near the base; "
+                              "official GFT: 0.01)", lo=0.0, hi=1.0)
+    adam_beta2: float = opt(0.95, "AdamW beta2 (0.95 as nanoGPT; official GFT: 0.999)", lo=0.0, hi=0.99999)
     grad_clip: float = opt(1.0, "clip the global grad norm to this (0 = off)", lo=0.0)
     skip_nonfinite: bool = opt(False, "skip (and count) a step whose loss or grad is NaN/inf instead of stopping")
     # groups (gft, grpo)
@@ -89,6 +97,8 @@ class Config:
     n_expert: int = opt(1, "expert demonstrations per group (paper: 1)", lo=0)
     n_teacher: int = opt(3, "teacher solutions per group (paper: 3; 0 = 'GFT no mix')", lo=0)
     n_rollout: int = opt(-1, "rollouts per group; -1 = 4 for gft (paper), 8 for grpo", lo=-1)
+    updates_per_batch: int = opt(1, "gft: optimiser updates per rollout batch, each on the next slice of its "
+                                 "groups (official GFT: 4); a step is one batch", lo=1, hi=64)
     tau: float = opt(0.7, "DCR threshold; paper's sweep peaks near 0.7 (0 = no DCR, 1 = DFT-like)", lo=0.0, hi=1.0)
     temperature: float = opt(1.0, "rollout sampling temperature (0 = greedy)", lo=0.0, hi=10.0)
     max_new_tokens: int = opt(64, "longest rollout; the 5-operand expert is 50 tokens", lo=1)
@@ -199,6 +209,18 @@ def check_config(cfg):
         raise ValueError(f"--steps must be >= 1 for mode {cfg.mode}")
     if cfg.mode == "gft":
         gft.count_sources(cfg.n_expert, cfg.n_teacher, cfg.n_rollout)
+    if cfg.mode in ("sft", "dft") and cfg.batch_size % (1 + cfg.sft_teachers):
+        raise ValueError(f"--batch_size {cfg.batch_size} must be a multiple of 1 + --sft_teachers "
+                         f"({1 + cfg.sft_teachers}): each prompt brings its expert and its teachers")
+    if cfg.updates_per_batch > 1 and cfg.mode != "gft":
+        raise ValueError(f"--updates_per_batch {cfg.updates_per_batch} is for gft only (GRPO's later slices would "
+                         f"need the sampling policy's log-probs for its ratio); use 1 for mode {cfg.mode}")
+    if cfg.mode == "gft" and cfg.prompts_per_step % cfg.updates_per_batch:
+        raise ValueError(f"--prompts_per_step {cfg.prompts_per_step} must be a multiple of --updates_per_batch "
+                         f"{cfg.updates_per_batch} (each update takes an equal slice of the groups)")
+    if cfg.expert_style != "chain" and cfg.data:
+        raise ValueError(f"--expert_style {cfg.expert_style} rewrites the built-in task's experts; a --data file "
+                         f"brings its own (leave --expert_style chain)")
     if cfg.mode == "grpo" and cfg.n_rollout < 2:
         raise ValueError(f"--n_rollout must be >= 2 for grpo (a group of one has no advantage), got {cfg.n_rollout}")
     if cfg.mode not in ("pretrain", "demo") and not cfg.init:
@@ -215,12 +237,12 @@ def make_config(**settings):
     return check_config(fill_defaults(Config(**settings)))
 
 
-def make_optimizer(model, lr, weight_decay):
+def make_optimizer(model, lr, weight_decay, beta2=0.95):
     """AdamW; weight decay on matrices only (nanoGPT), not on gains and biases."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, beta2))
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -305,7 +327,8 @@ def load_problems(cfg, tok, block_size, verbose=False):
             print(f"{cfg.data}: {len(probs)} records read: the first {len(probs) - n_test} are the fine-tuning "
                   f"pool, the last {n_test} the held-out test split")
         return {"train": probs[:-n_test], "test": probs[-n_test:]}
-    return {"train": D.make_split("train", cfg.n_prompts, seed=cfg.seed),
+    # the expert's style touches the fine-tuning pool only: the held-out splits' experts anchor KL, the same in every regime
+    return {"train": D.make_split("train", cfg.n_prompts, seed=cfg.seed, cfg=D.TaskConfig(expert_style=cfg.expert_style)),
             "test": D.make_split(cfg.eval_split, cfg.eval_n, seed=0),  # seed 0: every run evaluates the same problems
             "ood": D.make_split("ood", cfg.eval_n, seed=0),
             "probe": D.make_split("probe", cfg.eval_n, seed=0)}
@@ -371,16 +394,20 @@ def sample_rollouts(model, tok, problems, cfg, step, n_rollout):
                   fast=cfg.fast_decode)
 
 
-def build_groups(tok, problems, cfg, step, n_expert, n_teacher, rollouts=([], [])):
+def build_groups(tok, problems, cfg, step, n_expert, n_teacher, rollouts=([], []), correct_only=False):
     """One hybrid group per problem: experts, teachers, then the rollouts (sample_rollouts' output,
-    n per problem in problem order), each scored by the verifier. Returns (groups, info for the logs)."""
+    n per problem in problem order), each scored by the verifier. correct_only: only teacher solutions
+    the verifier accepts (SFT(mix)). Returns (groups, info for the logs)."""
     rng = step_rng(cfg.seed, step, "teacher")
     rollouts, stopped = rollouts
     n_rollout = len(rollouts) // len(problems)
     groups = []
     for i, p in enumerate(problems):
         texts = [("expert", p.expert)] * n_expert
-        texts += [("teacher", t) for t in D.teacher_solutions(p, n_teacher, rng, cfg.teacher_error)]
+        # a built-in teacher's solution is wrong exactly when it slipped, so error rate 0 is its generator
+        # conditioned on being right; a --data record's fixed teachers are filtered by the verifier
+        teachers = D.teacher_solutions(p, n_teacher, rng, 0.0 if correct_only else cfg.teacher_error)
+        texts += [("teacher", t) for t in teachers if not correct_only or D.verify(t, p.answer) == 1.0]
         resp = [gft.Response(tok.encode(t) + [tok.eos_id], s, D.verify(t, p.answer)) for s, t in texts]
         for toks in rollouts[i * n_rollout:(i + 1) * n_rollout]:
             resp.append(gft.Response(toks, "rollout", D.verify(tok.decode_response(toks), p.answer)))
@@ -444,9 +471,9 @@ def step_groups(model, tok, cfg, step, pool, rank, world):
                             [gft.Response(tok.encode(D.pretrain_solution(p, rng, task)) + [tok.eos_id], "expert", 1.0)])
                   for p in probs]
         info = {}
-    elif cfg.mode in ("sft", "dft"):  # groups of one expert: A = R = 1 (tests: GFT(tau=0) == SFT)
-        probs = draw(pool, cfg.batch_size, cfg.seed, step, rank, world)
-        groups, info = build_groups(tok, probs, cfg, step, 1, 0)
+    elif cfg.mode in ("sft", "dft"):  # demonstrations, reward 1 (tests: GFT(tau=0) on one expert == SFT)
+        probs = draw(pool, cfg.batch_size // (1 + cfg.sft_teachers), cfg.seed, step, rank, world)
+        groups, info = build_groups(tok, probs, cfg, step, 1, cfg.sft_teachers, correct_only=True)
     else:
         probs = draw(pool, cfg.prompts_per_step, cfg.seed, step, rank, world)
         n_e, n_t = (cfg.n_expert, cfg.n_teacher) if cfg.mode == "gft" else (0, 0)
@@ -550,7 +577,7 @@ def evaluate(model, tok, splits, cfg, base=None, full=True):
             strict = [[D.verify_trace(tok.decode_response(o), p) == 1.0 for o in outs[i * n:(i + 1) * n]]
                       for i, p in enumerate(probs)]
             r["pass@1_strict"] = sum(map(sum, strict)) / (n * len(probs))
-            paths = [len({D.solution_order(tok.decode_response(o))
+            paths = [len({D.solution_path(tok.decode_response(o))
                           for o, ok in zip(outs[i * n:(i + 1) * n], strict[i]) if ok}) for i in range(len(probs))]
             solved = [c for c in paths if c > 0]
             r["paths"] = sum(solved) / len(solved) if solved else 0.0
@@ -735,11 +762,12 @@ def evaluate_init(cfg, s):
 
 def resume(cfg, s):
     """The optimiser; with --resume, the run in --out continues from its checkpoint. Then the log's head."""
-    s.optim = make_optimizer(s.model, cfg.lr, cfg.weight_decay)
+    s.optim = make_optimizer(s.model, cfg.lr, cfg.weight_decay, cfg.adam_beta2)
     if cfg.resume and os.path.exists(s.ckpt_path):
         ck = load_checkpoint(s.ckpt_path)
-        changed = {k: (ck["config"].get(k), v) for k, v in dataclasses.asdict(cfg).items()
-                   if k not in RUN_KEYS_IGNORED_ON_RESUME and ck["config"].get(k) != v}
+        was = {**dataclasses.asdict(Config()), **ck["config"]}  # a setting newer than the checkpoint: its default
+        changed = {k: (was[k], v) for k, v in dataclasses.asdict(cfg).items()
+                   if k not in RUN_KEYS_IGNORED_ON_RESUME and was[k] != v}
         if changed and not cfg.override:
             raise ValueError(f"--resume with settings that differ from {s.ckpt_path}: "
                              + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
@@ -778,8 +806,11 @@ def loop(cfg, s):
         torch.manual_seed(cfg.seed * 100003 + step)  # dropout, if any: a function of the step
         for g in s.optim.param_groups:
             g["lr"] = lr_at(step, cfg)
-        loss, m = train_step(s.model, s.logprob_fn, s.tok, cfg, step, s.splits["train"], ref_model, s.rank, s.world)
-        gnorm = update(cfg, s, step, loss)
+        if cfg.updates_per_batch == 1:
+            loss, m = train_step(s.model, s.logprob_fn, s.tok, cfg, step, s.splits["train"], ref_model, s.rank, s.world)
+            gnorm = update(cfg, s, step, loss)
+        else:
+            m, gnorm = minibatch_updates(cfg, s, step)
         tok_count += m["tokens"] * s.world
         last = step + 1 == cfg.steps
         evaluated = bool(cfg.eval_every) and (step + 1) % cfg.eval_every == 0 and not last
@@ -822,6 +853,24 @@ def update(cfg, s, step, loss):
     if s.master:
         print(f"step {step + 1}: non-finite {' and '.join(bad)}, skipped ({s.skipped} so far)")
     return gnorm.item()
+
+
+def minibatch_updates(cfg, s, step):
+    """The official GFT recipe: one rollout batch, then --updates_per_batch optimiser updates,
+    each on the next equal slice of its groups (no ratio: GFT's loss has none). Returns the
+    slices' mean metrics (tokens summed) and their largest gradient norm."""
+    groups, info = step_groups(s.model, s.tok, cfg, step, s.splits["train"], s.rank, s.world)
+    n = len(groups) // cfg.updates_per_batch
+    if n == 0:
+        raise ValueError(f"{len(groups)} groups on this process cannot make {cfg.updates_per_batch} slices: raise "
+                         f"--prompts_per_step to a multiple of processes x --updates_per_batch")
+    ms, norms = [], []
+    for u in range(cfg.updates_per_batch):
+        loss, m = step_loss(s.logprob_fn, s.tok, cfg, groups[u * n:(u + 1) * n], info, None, s.world, s.device)
+        norms.append(update(cfg, s, step, loss))
+        ms.append(m)
+    m = {k: (sum if k.endswith("tokens") else statistics.fmean)([x[k] for x in ms]) for k in ms[0]}
+    return m, max(norms)
 
 
 def check_gate(cfg, s, problems, step):

@@ -1,0 +1,247 @@
+"""Reproduction, part 2: the paper's comparisons where its premise holds, beside the control.
+
+    python experiments/regimes.py                          # 3 new gated bases, about 2 h on 2 CPU cores
+    python experiments/regimes.py --bases a/ckpt.pt b/ckpt.pt c/ckpt.pt   # reuse gated bases
+    python experiments/regimes.py --quick                  # 1 base, 30-step runs, no lr grid
+
+Two regimes, one setting of train.py apart (--expert_style, README "Two regimes"):
+    control     the expert writes running sums, as pretraining did: on-policy for the base
+    off-policy  the expert writes tree sums (data.py:tree_sum), never seen in pretraining
+experiments/premise.py measures, under each base, how unlikely each regime's expert is (the
+verdict rule is fixed there), before any method is compared. Then, per regime:
+    1. learning rates: per method, the best of LRS by greedy accuracy on the val split (base 0)
+    2. every row on every base at its rate, evaluated on the test, ood and probe splits
+    3. GFT at tau 0.1 / 0.5 / 0.7 on base 0, judged on val (the paper's own choices of tau)
+GRPO never sees the expert, so its runs serve both regimes. Verdicts follow the rule written
+in README "Two regimes" before these runs: a difference counts when every base agrees in sign
+and its mean exceeds the larger of the two rows' ranges over bases.
+Writes to --out (default results/regimes/): results.md, runs.jsonl, premise.md and the runs.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+from repro import P, final_metrics, launch, slug  # noqa: E402  (experiments/repro.py)
+from train import MODE_DEFAULTS, base_band_problem, load_checkpoint  # noqa: E402
+
+REGIMES = {"control": "chain", "off-policy": "tree"}  # name -> --expert_style
+LRS = (1e-5, 1e-4, 3e-4)  # each method's grid, per regime (1e-6 moved nothing measurable in 80 steps)
+TAUS = (0.1, 0.5, 0.7)
+EVAL = ["--eval_n", "400", "--passk_problems", "64", "--passk_n", "16", "--kl_n", "64"]  # 400: the probe split holds ~400 distinct problems
+QUICK_EVAL = ["--eval_n", "200", "--passk_problems", "32", "--passk_n", "16", "--kl_n", "32"]
+COLS = ["acc_test", "acc_last2", "acc_ood", "acc_probe", "pass@1", "pass@16", "pass@1_strict", "paths", "kl_base"]
+
+
+def rows(steps, n_prompts):
+    """name -> train.py arguments (the expert style is added per regime). Every row: STEPS steps of
+    8 * P trained sequences, from the same pool of n_prompts prompts (SFT (10x): ten times more)."""
+    common = ["--steps", str(steps), "--n_prompts", str(n_prompts), "--log_every", "10",
+              "--eval_every", str(max(10, steps // 4)), "--ckpt_every", str(steps)]
+    sft = ["sft", "--batch_size", str(8 * P), *common]
+    gft = ["gft", "--prompts_per_step", str(P), "--n_expert", "1", "--n_teacher", "3", "--n_rollout", "4", *common]
+    return {
+        "SFT": sft,
+        "SFT (10x prompts)": [*sft, "--n_prompts", str(10 * n_prompts)],  # 10x distinct demonstrations
+        "SFT (mix)": [*sft, "--sft_teachers", "3"],  # expert + 3 correct teacher solutions per prompt
+        "DFT": ["dft", *sft[1:]],
+        "GFT": [*gft, "--tau", "0.7"],
+        "GRPO": ["grpo", "--prompts_per_step", str(P), "--n_rollout", "8", *common],
+    }
+
+
+LR_OF = {"SFT": "SFT", "SFT (10x prompts)": "SFT", "SFT (mix)": "SFT (mix)", "DFT": "DFT", "GFT": "GFT", "GRPO": "GRPO"}
+GRID = ("SFT", "SFT (mix)", "GFT", "GRPO")  # DFT keeps the control sweep's 3e-4 (the top of its grid there)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="1 base, 30-step runs, no lr grid (rates: --quick_lrs)")
+    ap.add_argument("--bases", nargs="*", default=[], help="gated base checkpoints to reuse (else pretrain --seeds)")
+    ap.add_argument("--seeds", type=int, default=3, help="bases to pretrain when --bases is not given")
+    ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    ap.add_argument("--steps", type=int, default=0, help="fine-tuning steps per run (0: 80, quick 30)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default="", help="output folder (default results/regimes/ or results/regimes_quick/)")
+    a = ap.parse_args()
+    steps = a.steps or (30 if a.quick else 80)
+    out = a.out or os.path.join(ROOT, "results", "regimes_quick" if a.quick else "regimes")
+    runs_dir = os.path.join(out, "runs")
+    os.makedirs(runs_dir, exist_ok=True)
+    ev_args = QUICK_EVAL if a.quick else EVAL
+    dev = ["--device", a.device]
+    t0 = time.time()
+
+    # 0. the bases: given, or pretrained until the gate is met; each must be in the band
+    bases = list(a.bases)
+    if not bases:
+        def pretrain(seed):
+            d = os.path.join(runs_dir, f"base_s{seed}")
+            launch(["pretrain", "--out", d, "--seed", str(1337 + seed), "--log_every", "250", "--ckpt_every", "500",
+                    "--resume", "true", *dev], d + ".log")
+            return os.path.join(d, "ckpt.pt")
+        with ThreadPoolExecutor(a.jobs) as ex:
+            bases = list(ex.map(pretrain, range(1 if a.quick else a.seeds)))
+    if a.quick:
+        bases = bases[:1]
+
+    def base_eval(i):
+        ev = os.path.join(runs_dir, f"base_eval_{i}")
+        launch(["eval", "--init", bases[i], "--out", ev, "--seed", "0", *dev, *ev_args], ev + ".log")
+        return final_metrics(ev)[0]
+    with ThreadPoolExecutor(a.jobs) as ex:
+        base_m = list(ex.map(base_eval, range(len(bases))))
+    misses = [f"{b}: {base_band_problem(m)}" for b, m in zip(bases, base_m) if base_band_problem(m)]
+    if misses:
+        raise SystemExit("error: base(s) outside the band GFT needs:\n  " + "\n  ".join(misses))
+    records = [dict(regime=r, row="base", base=i, metrics=m, wall_s=0.0) for r in REGIMES for i, m in enumerate(base_m)]
+
+    # 1. the premise, per base and expert style, before any comparison
+    subprocess.run([sys.executable, os.path.join(HERE, "premise.py"), "--init", *bases, "--out", out, *dev],
+                   check=True, env=dict(os.environ, OMP_NUM_THREADS="2"))
+    recipe = rows(steps, P * steps)
+
+    def run_one(name, regime, base_i, lr, extra=(), tag="", val=False):
+        args = recipe[name]
+        style = REGIMES[regime] if args[0] != "grpo" else "chain"  # GRPO never reads the expert
+        reg_slug = slug(regime) if args[0] != "grpo" else "both"
+        run_out = os.path.join(runs_dir, f"{reg_slug}_{slug(name + tag)}_b{base_i}_lr{lr:g}{'_val' if val else ''}")
+        evs = ["--eval_split", "val", "--eval_n", "200", "--passk_problems", "8", "--passk_n", "2", "--kl_n", "8",
+               "--eval_every", "0"] if val else ev_args
+        cmd = [*args, *extra, "--expert_style", style, "--lr", str(lr), "--init", bases[base_i], "--out", run_out,
+               "--seed", str(base_i), *dev, *evs]
+        t = launch(cmd, run_out + ".log")
+        fin, curve = final_metrics(run_out)
+        accs = [c["acc_test"] for c in curve if "acc_test" in c][-1:] + [fin["acc_test"]]
+        fin = dict(fin, acc_last2=statistics.fmean(accs))
+        print(f"{regime} | {name}{tag} | base {base_i} | lr {lr:g}{' (val)' if val else ''}: {t:.0f}s | "
+              f"acc {fin['acc_test']:.3f} | probe {fin.get('acc_probe', float('nan')):.3f} | "
+              f"kl {fin['kl_base']:.4f}", flush=True)
+        return dict(regime=regime, row=name + tag, base=base_i, lr=lr, wall_s=t, command="python train.py " + " ".join(cmd),
+                    metrics=fin, curve=curve)
+
+    def pool(jobs):  # [(fn args)] -> records, JOBS at a time; a job shared by both regimes runs once
+        with ThreadPoolExecutor(a.jobs) as ex:
+            return list(ex.map(lambda j: run_one(*j[:4], **j[4]), jobs))
+
+    # 2. learning rates on val (base 0), per regime and method
+    lrs = {(r, n): MODE_DEFAULTS[recipe[n][0]]["lr"] for r in REGIMES for n in LR_OF.values()}
+    lrs.update({(r, "DFT"): 3e-4 for r in REGIMES})
+    sweep = []
+    if not a.quick:
+        jobs = [(n, r, 0, lr, dict(val=True)) for n in GRID for r in REGIMES for lr in LRS
+                if not (n == "GRPO" and r != "control")]
+        sweep = pool(jobs)
+        for r in REGIMES:
+            for n in GRID:
+                cands = [x for x in sweep if x["row"] == n and (x["regime"] == r or n == "GRPO")]
+                lrs[(r, n)] = max(cands, key=lambda x: x["metrics"]["acc_test"])["lr"]
+    print("learning rates: " + ", ".join(f"{r}/{n} {v:g}" for (r, n), v in sorted(lrs.items())), flush=True)
+
+    # 3. every row on every base; 4. tau on val (base 0)
+    jobs = [(n, r, i, lrs[(r, LR_OF[n])], {}) for r in REGIMES for n in recipe for i in range(len(bases))
+            if not (n == "GRPO" and r != "control") and not (a.quick and n == "SFT (10x prompts)")]
+    jobs += [("GFT", r, 0, lrs[(r, "GFT")], dict(extra=["--tau", str(tau)], tag=f" tau {tau}", val=True))
+             for r in REGIMES for tau in TAUS if a.quick or tau != 0.7]  # the grid's run already is tau 0.7
+    done = pool(jobs)
+    done += [dict(x, row="GFT tau 0.7") for x in sweep if x["row"] == "GFT" and x["lr"] == lrs[(x["regime"], "GFT")]]
+    for x in done:
+        if x["row"] == "GRPO":  # the same runs read in both regimes
+            done.append(dict(x, regime="off-policy"))
+    records += done
+    total = time.time() - t0
+    with open(os.path.join(out, "runs.jsonl"), "w") as f:
+        for x in sweep + records:
+            f.write(json.dumps({k: v for k, v in x.items() if k != "curve"}) + "\n")
+    md = report(records, sweep, lrs, bases, steps, total, a.quick, out)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(md)
+    print(md)
+    print(f"regimes finished in {total / 60:.1f} min; wrote {out}")
+
+
+def cell(vals):
+    if not vals:
+        return "-"
+    if len(vals) == 1:
+        return f"{vals[0]:.3f}"
+    return f"{statistics.mean(vals):.3f} ({min(vals):.3f}..{max(vals):.3f})"
+
+
+def verdict(a, b, key):
+    """The pre-registered rule (README "Two regimes"): row a beats row b on key when every base
+    agrees in sign and the mean difference exceeds the larger of the two rows' ranges over bases."""
+    pairs = {x["base"]: x["metrics"][key] for x in a}, {x["base"]: x["metrics"][key] for x in b}
+    common = sorted(set(pairs[0]) & set(pairs[1]))
+    if len(common) < 2:
+        return "n/a (one base)"
+    d = [pairs[0][i] - pairs[1][i] for i in common]
+    spread = max(max(p.values()) - min(p.values()) for p in pairs)
+    if all(x > 0 for x in d) and statistics.mean(d) > spread:
+        return "higher"
+    if all(x < 0 for x in d) and -statistics.mean(d) > spread:
+        return "lower"
+    return "no call"
+
+
+CLAIMS = [  # (row, than row, metric, the paper's prediction)
+    ("GFT", "SFT", "acc_test", "higher"),
+    ("GFT", "SFT (10x prompts)", "acc_test", "higher"),
+    ("GFT", "SFT (mix)", "acc_test", "higher"),
+    ("GFT", "DFT", "acc_test", "higher"),
+    ("GFT", "GRPO", "acc_test", "higher"),
+    ("GFT", "SFT", "acc_ood", "higher"),
+    ("GFT", "SFT", "acc_probe", "higher"),
+    ("GFT", "SFT", "kl_base", "lower"),
+    ("GFT", "SFT", "pass@16", "higher"),
+    ("GFT", "SFT", "paths", "higher"),
+]
+
+
+def report(records, sweep, lrs, bases, steps, total, quick, out):
+    lines = [f"# Reproduction part 2: control vs off-policy expert ({'quick' if quick else 'full'} run)", "",
+             f"{len(bases)} gated base(s): " + ", ".join(bases) + f". {steps} optimiser steps per run, {8 * P} "
+             f"sequences per step. Cells: mean over bases (min..max). acc_last2: mean greedy test accuracy of the "
+             f"last two evaluations. Wall time {total / 60:.1f} min.", "",
+             "Premise (experiments/premise.py, the rule in its `verdict`): see premise.md beside this file.", "",
+             "Learning rates (best on val, base 0, of " + ", ".join(f"{x:g}" for x in LRS) + "; DFT fixed 3e-4): "
+             + "; ".join(f"{r} {n} {v:g}" for (r, n), v in sorted(lrs.items())) + ".", ""]
+    if sweep:
+        lines += ["| regime | method | " + " | ".join(f"lr {x:g}" for x in LRS) + " |", "|---" * (len(LRS) + 2) + "|"]
+        for r in REGIMES:
+            for n in GRID:
+                vals = {x["lr"]: x["metrics"]["acc_test"] for x in sweep if x["row"] == n and
+                        (x["regime"] == r or n == "GRPO")}
+                lines.append(f"| {r} | {n} | " + " | ".join(f"{vals.get(x, float('nan')):.3f}" for x in LRS) + " |")
+        lines.append("")
+    by = {}
+    for x in records:
+        by.setdefault((x["regime"], x["row"]), []).append(x)
+    for r in REGIMES:
+        lines += [f"## {r} (--expert_style {REGIMES[r]})", "", "| row | " + " | ".join(COLS) + " | wall s |",
+                  "|---" * (len(COLS) + 2) + "|"]
+        for n in ["base", *rows(1, 1)]:
+            xs = by.get((r, n), [])
+            if xs:
+                lines.append(f"| {n} | " + " | ".join(cell([x["metrics"][c] for x in xs if c in x["metrics"]])
+                                                     for c in COLS) + f" | {statistics.mean(x['wall_s'] for x in xs):.0f} |")
+        taus = [(t, by.get((r, f"GFT tau {t}"), [])) for t in TAUS]
+        lines += ["", "GFT's tau on val (base 0): " + ", ".join(f"tau {t}: {xs[0]['metrics']['acc_test']:.3f}"
+                                                               for t, xs in taus if xs), ""]
+    lines += ["## The paper's claims, both regimes, under the pre-registered rule", "",
+              "| claim | paper | control | off-policy |", "|---|---|---|---|"]
+    for a_, b_, key, pred in CLAIMS:
+        got = [verdict(by.get((r, a_), []), by.get((r, b_), []), key) for r in REGIMES]
+        lines.append(f"| {a_} vs {b_}: {key} | {pred} | " + " | ".join(got) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
