@@ -535,17 +535,26 @@ def greedy_accuracy(model, tok, problems, max_new_tokens):
 
 
 @torch.no_grad()
-def kl_to_base(model, base, tok, problems):
-    """Forward KL(base || model) per response token, on fixed contexts (prompt + expert
-    solution): sum_v p_base(v) (log p_base(v) - log p_model(v)), averaged over tokens."""
+def kl_to_base(model, base, tok, groups):
+    """Forward KL(base || model) per response token, on fixed contexts (the groups' prompt +
+    response): sum_v p_base(v) (log p_base(v) - log p_model(v)), averaged over tokens."""
     dev = next(model.parameters()).device
-    b = gft.flatten_groups(expert_groups(tok, problems), tok.pad_id)
+    b = gft.flatten_groups(groups, tok.pad_id)
     tokens, mask = b.tokens.to(dev), b.resp_mask[:, 1:].to(dev)
     with autocast(dev):
         lq = F.log_softmax(model(tokens[:, :-1])[0].float(), -1)  # (N, L-1, V)
         lb = F.log_softmax(base(tokens[:, :-1])[0].float(), -1)
     kl = (lb.exp() * (lb - lq)).sum(-1)  # (N, L-1)
     return float(kl[mask].mean())
+
+
+@torch.no_grad()
+def base_sample_groups(base, tok, problems, max_new_tokens):
+    """One response per problem sampled from the base at T=1 with a fixed generator, so every run
+    from this base gets the same contexts: KL's contexts as the official code takes them."""
+    gen = torch_gen(0, 0, "kl", next(base.parameters()).device)
+    outs, _ = sample(base, tok, [p.prompt for p in problems], 1, 1.0, max_new_tokens, gen)
+    return [gft.Group(tok.encode(p.prompt), [gft.Response(o, "rollout")]) for p, o in zip(problems, outs)]
 
 
 @torch.no_grad()
@@ -557,7 +566,11 @@ def evaluate(model, tok, splits, cfg, base=None, full=True):
     acc, wrong = greedy_accuracy(model, tok, splits["test"], cfg.max_new_tokens)
     r["acc_test"] = acc
     if base is not None and "probe" in splits:
-        r["kl_base"] = kl_to_base(model, base, tok, splits["test"][:cfg.kl_n] + splits["probe"][:cfg.kl_n])
+        anchors = splits["test"][:cfg.kl_n] + splits["probe"][:cfg.kl_n]
+        r["kl_base"] = kl_to_base(model, base, tok, expert_groups(tok, anchors))  # on the experts' solutions
+        if full:  # and on the base's own samples of the same prompts (the official code's measure)
+            r["kl_base_samples"] = kl_to_base(model, base, tok, base_sample_groups(base, tok, anchors,
+                                                                                   cfg.max_new_tokens))
     if full:
         for s in ("ood", "probe"):
             if s in splits:

@@ -48,6 +48,7 @@ def test_each_mode_runs_and_its_loss_is_finite(base, tmp_path, mode):
             "--prompts_per_step", "2", "--n_rollout", "2")
     assert finite_losses(out)
     assert 0.0 <= r["acc_test"] <= 1.0 and math.isfinite(r["kl_base"]) and r["kl_base"] >= -1e-6
+    assert math.isfinite(r["kl_base_samples"]) and r["kl_base_samples"] >= -1e-6
     ev = run("eval", "--init", os.path.join(out, "ckpt.pt"))
     assert ev["acc_test"] == r["acc_test"]  # eval of the checkpoint reproduces the run's final eval
 
@@ -170,3 +171,14 @@ def test_every_evaluation_during_training_is_logged(base, tmp_path):
     assert sorted(logged) == [2, 3, 4]  # step 3 is not a log step, but it was evaluated
     assert "acc_test" in logged[3] and "kl_base" in logged[3] and "acc_test" not in logged[2]
     assert all(r["ms_per_step"] > 0 for r in logged.values())
+
+
+def test_kl_to_base_is_zero_for_the_base_itself_on_both_kinds_of_context(base):
+    ck = train.load_checkpoint(base)
+    model, same = train.model_from_checkpoint(ck), train.model_from_checkpoint(ck)
+    cfg = train.make_config(mode="eval", init=base, eval_n=4, passk_problems=2, passk_n=2, kl_n=3, max_new_tokens=48)
+    tok = train.D.Tokenizer()
+    r = train.evaluate(model, tok, train.load_problems(cfg, tok, 96), cfg, base=same)
+    assert r["kl_base"] == 0.0 and r["kl_base_samples"] == 0.0
+    groups = train.base_sample_groups(same, tok, train.D.make_split("test", 3), 48)
+    assert groups == train.base_sample_groups(same, tok, train.D.make_split("test", 3), 48)  # fixed contexts
