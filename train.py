@@ -77,6 +77,8 @@ class Config:
     expert_style: str = opt("chain", "the built-in expert's form: chain (as pretraining writes it: the control) or "
                             "tree (pairwise sums, never in pretraining: the off-policy regime)",
                             choices=tuple(D.EXPERT_STYLES))
+    digits: int = opt(2, "digits per operand of the built-in fine-tuning and held-out problems; pretraining "
+                      "always has 2, so 3 is knowledge the base lacks (the probe stays pretraining's)", lo=1, hi=6)
     sft_teachers: int = opt(0, "sft/dft: correct teacher solutions per prompt beside its expert, SFT(mix); "
                             "a step keeps --batch_size sequences, from batch_size / (1 + this) prompts", lo=0)
     # optimisation
@@ -218,9 +220,9 @@ def check_config(cfg):
     if cfg.mode == "gft" and cfg.prompts_per_step % cfg.updates_per_batch:
         raise ValueError(f"--prompts_per_step {cfg.prompts_per_step} must be a multiple of --updates_per_batch "
                          f"{cfg.updates_per_batch} (each update takes an equal slice of the groups)")
-    if cfg.expert_style != "chain" and cfg.data:
-        raise ValueError(f"--expert_style {cfg.expert_style} rewrites the built-in task's experts; a --data file "
-                         f"brings its own (leave --expert_style chain)")
+    if cfg.data and (cfg.expert_style != "chain" or cfg.digits != 2):
+        raise ValueError(f"--expert_style {cfg.expert_style} / --digits {cfg.digits} change the built-in task; a "
+                         f"--data file brings its own problems (leave them at chain / 2)")
     if cfg.mode == "grpo" and cfg.n_rollout < 2:
         raise ValueError(f"--n_rollout must be >= 2 for grpo (a group of one has no advantage), got {cfg.n_rollout}")
     if cfg.mode not in ("pretrain", "demo") and not cfg.init:
@@ -327,10 +329,13 @@ def load_problems(cfg, tok, block_size, verbose=False):
             print(f"{cfg.data}: {len(probs)} records read: the first {len(probs) - n_test} are the fine-tuning "
                   f"pool, the last {n_test} the held-out test split")
         return {"train": probs[:-n_test], "test": probs[-n_test:]}
-    # the expert's style touches the fine-tuning pool only: the held-out splits' experts anchor KL, the same in every regime
-    return {"train": D.make_split("train", cfg.n_prompts, seed=cfg.seed, cfg=D.TaskConfig(expert_style=cfg.expert_style)),
-            "test": D.make_split(cfg.eval_split, cfg.eval_n, seed=0),  # seed 0: every run evaluates the same problems
-            "ood": D.make_split("ood", cfg.eval_n, seed=0),
+    # the expert's style touches the fine-tuning pool only: the held-out splits' experts anchor KL, the same in
+    # both styles; --digits changes every split but the probe, which tests what pretraining taught
+    task = D.TaskConfig(digits=cfg.digits)
+    return {"train": D.make_split("train", cfg.n_prompts, seed=cfg.seed,
+                                  cfg=D.TaskConfig(digits=cfg.digits, expert_style=cfg.expert_style)),
+            "test": D.make_split(cfg.eval_split, cfg.eval_n, seed=0, cfg=task),  # seed 0: every run, the same problems
+            "ood": D.make_split("ood", cfg.eval_n, seed=0, cfg=task),
             "probe": D.make_split("probe", cfg.eval_n, seed=0)}
 
 

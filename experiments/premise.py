@@ -91,6 +91,8 @@ def main():
     ap.add_argument("--init", required=True, nargs="+", help="base model checkpoint(s) (train.py pretrain)")
     ap.add_argument("--styles", default="chain,tree", help="expert styles to measure, comma-separated "
                     f"({', '.join(D.EXPERT_STYLES)})")
+    ap.add_argument("--digits", type=int, default=2, help="digits per operand (3: knowledge the base lacks); "
+                    "writes premise_digits<D>.md when not 2")
     ap.add_argument("--n", type=int, default=64, help="val prompts (each gives 1 expert, 3 teacher, 4 rollouts)")
     ap.add_argument("--tau", type=float, default=0.7, help="the DCR threshold for p < tau and GFT's gradient")
     ap.add_argument("--device", default="auto")
@@ -107,20 +109,21 @@ def main():
         model = train.model_from_checkpoint(ck, init).to(train.pick_device(a.device))
         tok = D.Tokenizer(ck.get("tokenizer", "bytes"))
         for st in styles:
-            cfg = train.make_config(mode="gft", init=init, tau=a.tau, device=a.device, expert_style=st)
-            problems = D.make_split("val", a.n, seed=0, cfg=D.TaskConfig(expert_style=st))
+            cfg = train.make_config(mode="gft", init=init, tau=a.tau, device=a.device, expert_style=st, digits=a.digits,
+                                    max_new_tokens=72 if a.digits > 2 else 64)
+            problems = D.make_split("val", a.n, seed=0, cfg=D.TaskConfig(digits=a.digits, expert_style=st))
             res = diagnose(model, tok, problems, cfg, a.tau)
             results.append((init, st, res))
             print(f"{init} | expert {st}: {verdict(res)} (expert mean log-prob {res['expert']['mean_logprob']:.3f}, "
                   f"rollouts {res['rollout']['mean_logprob']:.3f})", flush=True)
             with open(os.path.join(a.out, "premise.jsonl"), "a") as f:
-                f.write(json.dumps({"init": init, "expert_style": st, "tau": a.tau, "n": a.n, "sources": res,
+                f.write(json.dumps({"init": init, "expert_style": st, "digits": a.digits, "tau": a.tau, "n": a.n, "sources": res,
                                     "verdict": verdict(res)}) + "\n")
-    text = (f"Premise diagnostics ({a.n} val prompts per base; 1 expert + 3 teacher + 4 rollouts at T=1 each; "
+    text = (f"Premise diagnostics ({a.n} val prompts of {a.digits}-digit operands per base; 1 expert + 3 teacher + 4 rollouts at T=1 each; "
             f"gradient norms before clipping, GFT at tau {a.tau} with advantage 1; verdict: "
             f"experiments/premise.py:verdict)\n\n" + table(results, a.tau))
     print(text)
-    with open(os.path.join(a.out, "premise.md"), "w") as f:
+    with open(os.path.join(a.out, "premise.md" if a.digits == 2 else f"premise_digits{a.digits}.md"), "w") as f:
         f.write(text + "\n")
 
 

@@ -3,16 +3,19 @@
     python experiments/regimes.py                          # 3 new gated bases, about 2 h on 2 CPU cores
     python experiments/regimes.py --bases a/ckpt.pt b/ckpt.pt c/ckpt.pt   # reuse gated bases
     python experiments/regimes.py --quick                  # 1 base, 30-step runs, no lr grid
+    python experiments/regimes.py --regimes knowledge      # some regimes only (finished runs are reused)
 
-Two regimes, one setting of train.py apart (--expert_style, README "Two regimes"):
+Three regimes, each one or two settings of train.py (README "Two regimes"):
     control     the expert writes running sums, as pretraining did: on-policy for the base
     off-policy  the expert writes tree sums (data.py:tree_sum), never seen in pretraining
-experiments/premise.py measures, under each base, how unlikely each regime's expert is (the
+    knowledge   3-digit operands, never seen in pretraining: the base solves none (pass@16 0),
+                so only the expert and the teachers are ever right
+experiments/premise.py measures, under each base, how unlikely each expert style is (the
 verdict rule is fixed there), before any method is compared. Then, per regime:
     1. learning rates: per method, the best of LRS by greedy accuracy on the val split (base 0)
     2. every row on every base at its rate, evaluated on the test, ood and probe splits
     3. GFT at tau 0.1 / 0.5 / 0.7 on base 0, judged on val (the paper's own choices of tau)
-GRPO never sees the expert, so its runs serve both regimes. Verdicts follow the rule written
+GRPO never sees the expert, so one run serves every regime on the same problems. Verdicts follow the rule written
 in README "Two regimes" before these runs: a difference counts when every base agrees in sign
 and its mean exceeds the larger of the two rows' ranges over bases.
 Writes to --out (default results/regimes/): results.md, runs.jsonl, premise.md and the runs.
@@ -32,7 +35,18 @@ sys.path.insert(0, ROOT)
 from repro import P, final_metrics, launch, slug  # noqa: E402  (experiments/repro.py)
 from train import MODE_DEFAULTS, base_band_problem, load_checkpoint  # noqa: E402
 
-REGIMES = {"control": "chain", "off-policy": "tree"}  # name -> --expert_style
+REGIMES = {  # name -> train.py settings
+    "control": ["--expert_style", "chain"],
+    "off-policy": ["--expert_style", "tree"],
+    "knowledge": ["--expert_style", "chain", "--digits", "3", "--max_new_tokens", "72"],  # 5 x 999 needs 65 tokens
+}
+
+
+def task_of(regime):
+    """The regime's settings that change the problems (not the expert's style): GRPO and the base's
+    evaluation depend on these only."""
+    flags = REGIMES[regime]
+    return tuple(x for i, x in enumerate(flags) if "--expert_style" not in (flags[i], flags[i - 1] if i else ""))
 LRS = (1e-5, 1e-4, 3e-4)  # each method's grid, per regime (1e-6 moved nothing measurable in 80 steps)
 TAUS = (0.1, 0.5, 0.7)
 EVAL = ["--eval_n", "400", "--passk_problems", "64", "--passk_n", "16", "--kl_n", "64"]  # 400: the probe split holds ~400 distinct problems
@@ -68,9 +82,14 @@ def main():
     ap.add_argument("--seeds", type=int, default=3, help="bases to pretrain when --bases is not given")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     ap.add_argument("--steps", type=int, default=0, help="fine-tuning steps per run (0: 80, quick 30)")
+    ap.add_argument("--regimes", default=",".join(REGIMES), help="comma-separated, of: " + ", ".join(REGIMES))
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default="", help="output folder (default results/regimes/ or results/regimes_quick/)")
     a = ap.parse_args()
+    regimes = a.regimes.split(",")
+    for r in regimes:
+        if r not in REGIMES:
+            raise SystemExit(f"--regimes: unknown regime {r!r}; allowed: {', '.join(REGIMES)}")
     steps = a.steps or (30 if a.quick else 80)
     out = a.out or os.path.join(ROOT, "results", "regimes_quick" if a.quick else "regimes")
     runs_dir = os.path.join(out, "runs")
@@ -92,30 +111,45 @@ def main():
     if a.quick:
         bases = bases[:1]
 
-    def base_eval(i):
-        ev = os.path.join(runs_dir, f"base_eval_{i}")
-        launch(["eval", "--init", bases[i], "--out", ev, "--seed", "0", *dev, *ev_args], ev + ".log")
+    owner = {task_of(r): r for r in reversed(regimes)}  # a task's first regime runs its GRPO and base evaluation
+    tasks = sorted(set(owner) | {()})  # pretraining's own task always: the band is checked on it
+    name_of = lambda task: slug(owner[task]) if task else "both"  # noqa: E731  ("both": control and off-policy)
+
+    def base_eval(job):  # the base on each regime's problems
+        task, i = job
+        ev = os.path.join(runs_dir, f"base_eval_{name_of(task) + '_' if task else ''}{i}")
+        launch(["eval", "--init", bases[i], "--out", ev, "--seed", "0", *task, *dev, *ev_args], ev + ".log")
         return final_metrics(ev)[0]
+    jobs = [(t, i) for t in tasks for i in range(len(bases))]
     with ThreadPoolExecutor(a.jobs) as ex:
-        base_m = list(ex.map(base_eval, range(len(bases))))
-    misses = [f"{b}: {base_band_problem(m)}" for b, m in zip(bases, base_m) if base_band_problem(m)]
+        base_m = dict(zip(jobs, ex.map(base_eval, jobs)))
+    misses = [f"{b}: {base_band_problem(base_m[((), i)])}" for i, b in enumerate(bases)
+              if ((), i) in base_m and base_band_problem(base_m[((), i)])]  # the band is pretraining's own task
     if misses:
         raise SystemExit("error: base(s) outside the band GFT needs:\n  " + "\n  ".join(misses))
-    records = [dict(regime=r, row="base", base=i, metrics=m, wall_s=0.0) for r in REGIMES for i, m in enumerate(base_m)]
+    records = [dict(regime=r, row="base", base=i, metrics=dict(base_m[(task_of(r), i)],
+                                                               acc_last2=base_m[(task_of(r), i)]["acc_test"]), wall_s=0.0)
+               for r in regimes for i in range(len(bases))]
 
     # 1. the premise, per base and expert style, before any comparison
-    subprocess.run([sys.executable, os.path.join(HERE, "premise.py"), "--init", *bases, "--out", out, *dev],
-                   check=True, env=dict(os.environ, OMP_NUM_THREADS="2"))
+    for task in owner:
+        styles = sorted({REGIMES[r][1] for r in regimes if task_of(r) == task})
+        digits = task[task.index("--digits") + 1] if "--digits" in task else "2"
+        subprocess.run([sys.executable, os.path.join(HERE, "premise.py"), "--init", *bases, "--out", out, "--styles",
+                        ",".join(styles), "--digits", digits, *dev], check=True, env=dict(os.environ, OMP_NUM_THREADS="2"))
     recipe = rows(steps, P * steps)
 
     def run_one(name, regime, base_i, lr, extra=(), tag="", val=False):
         args = recipe[name]
-        style = REGIMES[regime] if args[0] != "grpo" else "chain"  # GRPO never reads the expert
-        reg_slug = slug(regime) if args[0] != "grpo" else "both"
+        flags = REGIMES[regime]
+        reg_slug = slug(regime)
+        if args[0] == "grpo":  # GRPO never reads the expert: one run per task
+            flags = ["--expert_style", "chain", *task_of(regime)]
+            reg_slug = name_of(task_of(regime))
         run_out = os.path.join(runs_dir, f"{reg_slug}_{slug(name + tag)}_b{base_i}_lr{lr:g}{'_val' if val else ''}")
         evs = ["--eval_split", "val", "--eval_n", "200", "--passk_problems", "8", "--passk_n", "2", "--kl_n", "8",
                "--eval_every", "0"] if val else ev_args
-        cmd = [*args, *extra, "--expert_style", style, "--lr", str(lr), "--init", bases[base_i], "--out", run_out,
+        cmd = [*args, *extra, *flags, "--lr", str(lr), "--init", bases[base_i], "--out", run_out,
                "--seed", str(base_i), *dev, *evs]
         t = launch(cmd, run_out + ".log")
         fin, curve = final_metrics(run_out)
@@ -132,35 +166,35 @@ def main():
             return list(ex.map(lambda j: run_one(*j[:4], **j[4]), jobs))
 
     # 2. learning rates on val (base 0), per regime and method
-    lrs = {(r, n): MODE_DEFAULTS[recipe[n][0]]["lr"] for r in REGIMES for n in LR_OF.values()}
-    lrs.update({(r, "DFT"): 3e-4 for r in REGIMES})
+    lrs = {(r, n): MODE_DEFAULTS[recipe[n][0]]["lr"] for r in regimes for n in LR_OF.values()}
+    lrs.update({(r, "DFT"): 3e-4 for r in regimes})
+    shared = lambda n, r: n == "GRPO" and owner[task_of(r)] != r  # noqa: E731  (another regime's run)
     sweep = []
     if not a.quick:
-        jobs = [(n, r, 0, lr, dict(val=True)) for n in GRID for r in REGIMES for lr in LRS
-                if not (n == "GRPO" and r != "control")]
-        sweep = pool(jobs)
-        for r in REGIMES:
+        sweep = pool([(n, r, 0, lr, dict(val=True)) for n in GRID for r in regimes for lr in LRS if not shared(n, r)])
+        sweep += [dict(x, regime=r) for x in list(sweep) for r in regimes if shared(x["row"], r)
+                  and owner[task_of(r)] == x["regime"]]
+        for r in regimes:
             for n in GRID:
-                cands = [x for x in sweep if x["row"] == n and (x["regime"] == r or n == "GRPO")]
+                cands = [x for x in sweep if x["row"] == n and x["regime"] == r]
                 lrs[(r, n)] = max(cands, key=lambda x: x["metrics"]["acc_test"])["lr"]
     print("learning rates: " + ", ".join(f"{r}/{n} {v:g}" for (r, n), v in sorted(lrs.items())), flush=True)
 
     # 3. every row on every base; 4. tau on val (base 0)
-    jobs = [(n, r, i, lrs[(r, LR_OF[n])], {}) for r in REGIMES for n in recipe for i in range(len(bases))
-            if not (n == "GRPO" and r != "control") and not (a.quick and n == "SFT (10x prompts)")]
+    jobs = [(n, r, i, lrs[(r, LR_OF[n])], {}) for r in regimes for n in recipe for i in range(len(bases))
+            if not shared(n, r) and not (a.quick and n == "SFT (10x prompts)")]
     jobs += [("GFT", r, 0, lrs[(r, "GFT")], dict(extra=["--tau", str(tau)], tag=f" tau {tau}", val=True))
-             for r in REGIMES for tau in TAUS if a.quick or tau != 0.7]  # the grid's run already is tau 0.7
+             for r in regimes for tau in TAUS if a.quick or tau != 0.7]  # the grid's run already is tau 0.7
     done = pool(jobs)
     done += [dict(x, row="GFT tau 0.7") for x in sweep if x["row"] == "GFT" and x["lr"] == lrs[(x["regime"], "GFT")]]
-    for x in done:
-        if x["row"] == "GRPO":  # the same runs read in both regimes
-            done.append(dict(x, regime="off-policy"))
+    done += [dict(x, regime=r) for x in list(done) for r in regimes if x["row"] == "GRPO" and shared("GRPO", r)
+             and owner[task_of(r)] == x["regime"]]  # the same runs, read in every regime of the task
     records += done
     total = time.time() - t0
     with open(os.path.join(out, "runs.jsonl"), "w") as f:
         for x in sweep + records:
             f.write(json.dumps({k: v for k, v in x.items() if k != "curve"}) + "\n")
-    md = report(records, sweep, lrs, bases, steps, total, a.quick, out)
+    md = report(records, sweep, lrs, bases, steps, total, a.quick, regimes)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(md)
     print(md)
@@ -205,8 +239,8 @@ CLAIMS = [  # (row, than row, metric, the paper's prediction)
 ]
 
 
-def report(records, sweep, lrs, bases, steps, total, quick, out):
-    lines = [f"# Reproduction part 2: control vs off-policy expert ({'quick' if quick else 'full'} run)", "",
+def report(records, sweep, lrs, bases, steps, total, quick, regimes):
+    lines = [f"# Reproduction part 2: " + " / ".join(regimes) + f" ({'quick' if quick else 'full'} run)", "",
              f"{len(bases)} gated base(s): " + ", ".join(bases) + f". {steps} optimiser steps per run, {8 * P} "
              f"sequences per step. Cells: mean over bases (min..max). acc_last2: mean greedy test accuracy of the "
              f"last two evaluations. Wall time {total / 60:.1f} min.", "",
@@ -215,17 +249,16 @@ def report(records, sweep, lrs, bases, steps, total, quick, out):
              + "; ".join(f"{r} {n} {v:g}" for (r, n), v in sorted(lrs.items())) + ".", ""]
     if sweep:
         lines += ["| regime | method | " + " | ".join(f"lr {x:g}" for x in LRS) + " |", "|---" * (len(LRS) + 2) + "|"]
-        for r in REGIMES:
+        for r in regimes:
             for n in GRID:
-                vals = {x["lr"]: x["metrics"]["acc_test"] for x in sweep if x["row"] == n and
-                        (x["regime"] == r or n == "GRPO")}
+                vals = {x["lr"]: x["metrics"]["acc_test"] for x in sweep if x["row"] == n and x["regime"] == r}
                 lines.append(f"| {r} | {n} | " + " | ".join(f"{vals.get(x, float('nan')):.3f}" for x in LRS) + " |")
         lines.append("")
     by = {}
     for x in records:
         by.setdefault((x["regime"], x["row"]), []).append(x)
-    for r in REGIMES:
-        lines += [f"## {r} (--expert_style {REGIMES[r]})", "", "| row | " + " | ".join(COLS) + " | wall s |",
+    for r in regimes:
+        lines += [f"## {r} ({' '.join(REGIMES[r])})", "", "| row | " + " | ".join(COLS) + " | wall s |",
                   "|---" * (len(COLS) + 2) + "|"]
         for n in ["base", *rows(1, 1)]:
             xs = by.get((r, n), [])
@@ -235,10 +268,10 @@ def report(records, sweep, lrs, bases, steps, total, quick, out):
         taus = [(t, by.get((r, f"GFT tau {t}"), [])) for t in TAUS]
         lines += ["", "GFT's tau on val (base 0): " + ", ".join(f"tau {t}: {xs[0]['metrics']['acc_test']:.3f}"
                                                                for t, xs in taus if xs), ""]
-    lines += ["## The paper's claims, both regimes, under the pre-registered rule", "",
-              "| claim | paper | control | off-policy |", "|---|---|---|---|"]
+    lines += ["## The paper's claims, every regime, under the pre-registered rule", "",
+              "| claim | paper | " + " | ".join(regimes) + " |", "|---" * (len(regimes) + 2) + "|"]
     for a_, b_, key, pred in CLAIMS:
-        got = [verdict(by.get((r, a_), []), by.get((r, b_), []), key) for r in REGIMES]
+        got = [verdict(by.get((r, a_), []), by.get((r, b_), []), key) for r in regimes]
         lines.append(f"| {a_} vs {b_}: {key} | {pred} | " + " | ".join(got) + " |")
     return "\n".join(lines) + "\n"
 

@@ -86,6 +86,14 @@ def test_strict_verifier_still_runs_a_subtraction_left_to_right():
     assert D.verify_trace("20-15=5;90-5=85;#### 85", p) == 0.0
 
 
+def test_digits_change_every_split_but_the_probe():
+    cfg = train.make_config(mode="gft", init="x.pt", digits=3, n_prompts=20, eval_n=20)
+    s = train.load_problems(cfg, D.Tokenizer(), 128)
+    assert all(100 <= x <= 999 for k in ("train", "test", "ood") for p in s[k] for x in p.operands)
+    assert all(10 <= x <= 99 for p in s["probe"] for x in p.operands)
+    assert {len(p.operands) for p in s["ood"]} == {5} and {len(p.operands) for p in s["test"]} == {4}
+
+
 def test_tree_style_reaches_the_fine_tuning_pool_only(tmp_path):
     cfg = train.make_config(mode="gft", init="x.pt", expert_style="tree", n_prompts=20, eval_n=20)
     s = train.load_problems(cfg, D.Tokenizer(), 128)
@@ -102,7 +110,9 @@ def test_tree_style_reaches_the_fine_tuning_pool_only(tmp_path):
     (dict(mode="grpo", updates_per_batch=2), r"--updates_per_batch 2 is for gft only"),
     (dict(mode="gft", prompts_per_step=6, updates_per_batch=4), r"--prompts_per_step 6 must be a multiple of "
                                                                   r"--updates_per_batch 4"),
-    (dict(mode="gft", data="x.jsonl", expert_style="tree"), r"--expert_style tree rewrites the built-in task"),
+    (dict(mode="gft", data="x.jsonl", expert_style="tree"), r"--expert_style tree / --digits 2 change the built-in"),
+    (dict(mode="gft", data="x.jsonl", digits=3), r"--expert_style chain / --digits 3 change the built-in task"),
+    (dict(mode="gft", digits=7), r"--digits 7 is out of range \[1, 6\]"),
     (dict(mode="gft", expert_style="wavy"), r"--expert_style 'wavy' is not allowed; choose one of \('chain', 'tree'\)"),
     (dict(mode="gft", adam_beta2=1.0), r"--adam_beta2 1.0 is out of range"),
 ])
