@@ -269,6 +269,8 @@ EXPERT_STYLES = {"chain": running_sum, "tree": tree_sum}
 
 
 def make_problem(operands, op="+", style="chain"):
+    if style not in EXPERT_STYLES:
+        raise ValueError(f"expert style {style!r} is unknown; allowed: {tuple(EXPERT_STYLES)}")
     prompt = "Q:" + op.join(str(x) for x in operands) + "="
     expert = EXPERT_STYLES[style](operands, op)
     return Problem(prompt=prompt, answer=extract_answer(expert), expert=expert,

@@ -214,6 +214,11 @@ def check_config(cfg):
     if cfg.mode in ("sft", "dft") and cfg.batch_size % (1 + cfg.sft_teachers):
         raise ValueError(f"--batch_size {cfg.batch_size} must be a multiple of 1 + --sft_teachers "
                          f"({1 + cfg.sft_teachers}): each prompt brings its expert and its teachers")
+    if cfg.sft_teachers and cfg.mode not in ("sft", "dft"):
+        raise ValueError(f"--sft_teachers {cfg.sft_teachers} is for sft/dft (gft's groups take --n_teacher)")
+    if cfg.mode == "pretrain" and (cfg.expert_style != "chain" or cfg.digits != 2):
+        raise ValueError(f"--expert_style {cfg.expert_style} / --digits {cfg.digits} are fine-tuning settings; "
+                         f"pretraining always writes 2-digit running sums (leave them at chain / 2)")
     if cfg.updates_per_batch > 1 and cfg.mode != "gft":
         raise ValueError(f"--updates_per_batch {cfg.updates_per_batch} is for gft only (GRPO's later slices would "
                          f"need the sampling policy's log-probs for its ratio); use 1 for mode {cfg.mode}")
@@ -409,10 +414,14 @@ def build_groups(tok, problems, cfg, step, n_expert, n_teacher, rollouts=([], []
     groups = []
     for i, p in enumerate(problems):
         texts = [("expert", p.expert)] * n_expert
-        # a built-in teacher's solution is wrong exactly when it slipped, so error rate 0 is its generator
-        # conditioned on being right; a --data record's fixed teachers are filtered by the verifier
-        teachers = D.teacher_solutions(p, n_teacher, rng, 0.0 if correct_only else cfg.teacher_error)
-        texts += [("teacher", t) for t in teachers if not correct_only or D.verify(t, p.answer) == 1.0]
+        if not correct_only:
+            teachers = D.teacher_solutions(p, n_teacher, rng, cfg.teacher_error)
+        elif p.operands:  # a built-in teacher is wrong exactly when it slipped: error rate 0 is its generator
+            teachers = D.teacher_solutions(p, n_teacher, rng, 0.0)  # conditioned on being right
+        else:  # a --data record's right teachers, up to n_teacher of them (fewer if it has fewer)
+            right = [t for t in p.teachers if D.verify(t, p.answer) == 1.0]
+            teachers = rng.sample(right, min(n_teacher, len(right)))
+        texts += [("teacher", t) for t in teachers]
         resp = [gft.Response(tok.encode(t) + [tok.eos_id], s, D.verify(t, p.answer)) for s, t in texts]
         for toks in rollouts[i * n_rollout:(i + 1) * n_rollout]:
             resp.append(gft.Response(toks, "rollout", D.verify(tok.decode_response(toks), p.answer)))
@@ -738,6 +747,9 @@ def run(cfg):
 def set_up(cfg):
     """Processes, seed, tokenizer, the model (new, or --init's and its base), the problems."""
     rank, world, device = setup_distributed(cfg)
+    if cfg.mode == "gft" and cfg.prompts_per_step % (world * cfg.updates_per_batch):
+        raise ValueError(f"--prompts_per_step {cfg.prompts_per_step} must be a multiple of {world} processes x "
+                         f"--updates_per_batch {cfg.updates_per_batch}: each process slices its groups equally")
     torch.manual_seed(cfg.seed)
     tok = D.Tokenizer(cfg.tokenizer)
     init, base, base_info = None, None, None
@@ -761,6 +773,14 @@ def set_up(cfg):
     if base is not None:
         base.to(device).eval().requires_grad_(False)
     splits = load_problems(cfg, tok, model.config.block_size, verbose=rank == 0)
+    for k in ("train", "test", "ood"):  # a built-in solution (+ end of text) must fit a rollout's budget
+        cut = [p for p in splits.get(k, []) if p.operands and len(tok.encode(p.expert)) + 1 > cfg.max_new_tokens]
+        msg = (f"--max_new_tokens {cfg.max_new_tokens} cuts {len(cut)} built-in {k} solution(s) such as "
+               f"{cut[0].expert!r} ({len(tok.encode(cut[0].expert)) + 1} tokens with its end of text)" if cut else "")
+        if cut and k != "ood":
+            raise ValueError(msg + ": raise it")
+        if cut and rank == 0:  # harder problems than trained on: reported, not fatal
+            print(f"WARNING: {msg}; those answers cannot be reached (raise --max_new_tokens)")
     check_fits(tok, splits["train"] + splits["test"], cfg.max_new_tokens, model.config.block_size, bool(cfg.init))
     return RunState(rank, world, device, tok, model, splits, os.path.join(cfg.out, "ckpt.pt"),
                     os.path.join(cfg.out, "metrics.jsonl"), init, base, base_info)
@@ -783,7 +803,8 @@ def resume(cfg, s):
     s.optim = make_optimizer(s.model, cfg.lr, cfg.weight_decay, cfg.adam_beta2)
     if cfg.resume and os.path.exists(s.ckpt_path):
         ck = load_checkpoint(s.ckpt_path)
-        was = {**dataclasses.asdict(Config()), **ck["config"]}  # a setting newer than the checkpoint: its default
+        was = {**dataclasses.asdict(fill_defaults(Config(mode=ck["config"].get("mode", cfg.mode)))),
+               **ck["config"]}  # a setting newer than the checkpoint: its default
         changed = {k: (was[k], v) for k, v in dataclasses.asdict(cfg).items()
                    if k not in RUN_KEYS_IGNORED_ON_RESUME and was[k] != v}
         if changed and not cfg.override:
@@ -878,16 +899,14 @@ def minibatch_updates(cfg, s, step):
     each on the next equal slice of its groups (no ratio: GFT's loss has none). Returns the
     slices' mean metrics (tokens summed) and their largest gradient norm."""
     groups, info = step_groups(s.model, s.tok, cfg, step, s.splits["train"], s.rank, s.world)
-    n = len(groups) // cfg.updates_per_batch
-    if n == 0:
-        raise ValueError(f"{len(groups)} groups on this process cannot make {cfg.updates_per_batch} slices: raise "
-                         f"--prompts_per_step to a multiple of processes x --updates_per_batch")
+    n = len(groups) // cfg.updates_per_batch  # exact: set_up checked the divisibility
     ms, norms = [], []
     for u in range(cfg.updates_per_batch):
         loss, m = step_loss(s.logprob_fn, s.tok, cfg, groups[u * n:(u + 1) * n], info, None, s.world, s.device)
         norms.append(update(cfg, s, step, loss))
         ms.append(m)
-    m = {k: (sum if k.endswith("tokens") else statistics.fmean)([x[k] for x in ms]) for k in ms[0]}
+    keys = dict.fromkeys(k for x in ms for k in x)  # a source missing from a slice has no reward/<source>
+    m = {k: (sum if k.endswith("tokens") else statistics.fmean)([x[k] for x in ms if k in x]) for k in keys}
     return m, max(norms)
 
 

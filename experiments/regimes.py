@@ -3,7 +3,7 @@
     python experiments/regimes.py                          # 3 new gated bases, about 2 h on 2 CPU cores
     python experiments/regimes.py --bases a/ckpt.pt b/ckpt.pt c/ckpt.pt   # reuse gated bases
     python experiments/regimes.py --quick                  # 1 base, 30-step runs, no lr grid
-    python experiments/regimes.py --regimes knowledge      # some regimes only (finished runs are reused)
+    python experiments/regimes.py --regimes knowledge      # some regimes (finished training runs are reused)
 
 Three regimes, each one or two settings of train.py (README "Two regimes"):
     control     the expert writes running sums, as pretraining did: on-policy for the base
@@ -12,9 +12,10 @@ Three regimes, each one or two settings of train.py (README "Two regimes"):
                 so only the expert and the teachers are ever right
 experiments/premise.py measures, under each base, how unlikely each expert style is (the
 verdict rule is fixed there), before any method is compared. Then, per regime:
-    1. learning rates: per method, the best of LRS by greedy accuracy on the val split (base 0)
-    2. every row on every base at its rate, evaluated on the test, ood and probe splits
-    3. GFT at tau 0.1 / 0.5 / 0.7 on base 0, judged on val (the paper's own choices of tau)
+    2. learning rates: per method, the best of LRS by greedy accuracy on the val split (base 0),
+       the grid extended once past an end that wins
+    4. every row on every base at its rate (GFT at its tau), on the test, ood and probe splits
+    3. GFT's tau among 0.1 / 0.5 / 0.7 (the authors' own choices) on val, base 0, at GFT's rate
 GRPO never sees the expert, so one run serves every regime on the same problems. Verdicts follow the rule written
 in README "Two regimes" before these runs: a difference counts when every base agrees in sign
 and its mean exceeds the larger of the two rows' ranges over bases.
@@ -47,11 +48,13 @@ def task_of(regime):
     evaluation depend on these only."""
     flags = REGIMES[regime]
     return tuple(x for i, x in enumerate(flags) if "--expert_style" not in (flags[i], flags[i - 1] if i else ""))
-LRS = (1e-5, 1e-4, 3e-4)  # each method's grid, per regime (1e-6 moved nothing measurable in 80 steps)
+LRS = (1e-5, 1e-4, 3e-4)  # each method's grid, per regime; extended once past an end that wins (EXTEND)
+EXTEND = {1e-5: 1e-6, 3e-4: 1e-3}
 TAUS = (0.1, 0.5, 0.7)
 EVAL = ["--eval_n", "400", "--passk_problems", "64", "--passk_n", "16", "--kl_n", "64"]  # 400: the probe split holds ~400 distinct problems
 QUICK_EVAL = ["--eval_n", "200", "--passk_problems", "32", "--passk_n", "16", "--kl_n", "32"]
-COLS = ["acc_test", "acc_last2", "acc_ood", "acc_probe", "pass@1", "pass@16", "pass@1_strict", "paths", "kl_base"]
+COLS = ["acc_test", "acc_last2", "acc_ood", "acc_probe", "pass@1", "pass@16", "pass@1_strict", "paths", "kl_base",
+        "kl_base_samples"]
 
 
 def rows(steps, n_prompts):
@@ -72,12 +75,13 @@ def rows(steps, n_prompts):
 
 
 LR_OF = {"SFT": "SFT", "SFT (10x prompts)": "SFT", "SFT (mix)": "SFT (mix)", "DFT": "DFT", "GFT": "GFT", "GRPO": "GRPO"}
-GRID = ("SFT", "SFT (mix)", "GFT", "GRPO")  # DFT keeps the control sweep's 3e-4 (the top of its grid there)
+GRID = ("SFT", "SFT (mix)", "DFT", "GFT", "GRPO")  # the methods whose rate is chosen; SFT (10x) takes SFT's
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="1 base, 30-step runs, no lr grid (rates: --quick_lrs)")
+    ap.add_argument("--quick", action="store_true", help="1 base, 30-step runs; no lr grid (train.py's MODE_DEFAULTS "
+                    "rates) and tau 0.7")
     ap.add_argument("--bases", nargs="*", default=[], help="gated base checkpoints to reuse (else pretrain --seeds)")
     ap.add_argument("--seeds", type=int, default=3, help="bases to pretrain when --bases is not given")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
@@ -113,7 +117,9 @@ def main():
 
     owner = {task_of(r): r for r in reversed(regimes)}  # a task's first regime runs its GRPO and base evaluation
     tasks = sorted(set(owner) | {()})  # pretraining's own task always: the band is checked on it
-    name_of = lambda task: slug(owner[task]) if task else "both"  # noqa: E731  ("both": control and off-policy)
+
+    def name_of(task):  # a task's name in run folders ("both": control and off-policy share the built-in one)
+        return slug(owner[task]) if task else "both"
 
     def base_eval(job):  # the base on each regime's problems
         task, i = job
@@ -139,62 +145,81 @@ def main():
                         ",".join(styles), "--digits", digits, *dev], check=True, env=dict(os.environ, OMP_NUM_THREADS="2"))
     recipe = rows(steps, P * steps)
 
-    def run_one(name, regime, base_i, lr, extra=(), tag="", val=False):
-        args = recipe[name]
-        flags = REGIMES[regime]
-        reg_slug = slug(regime)
+    def shared(name, regime):  # a GRPO run of another regime on the same problems serves this one
+        return name == "GRPO" and owner[task_of(regime)] != regime
+
+    def run_one(name, regime, base_i, lr, tau=None, val=False):
+        """One train.py run of a row: tau None = the recipe's (0.7); val = judged on the val split."""
+        args = recipe[name] + (["--tau", str(tau)] if tau is not None else [])
+        flags, reg_slug = REGIMES[regime], slug(regime)
         if args[0] == "grpo":  # GRPO never reads the expert: one run per task
-            flags = ["--expert_style", "chain", *task_of(regime)]
-            reg_slug = name_of(task_of(regime))
+            flags, reg_slug = ["--expert_style", "chain", *task_of(regime)], name_of(task_of(regime))
+        tag = f" tau {tau}" if tau is not None else ""
         run_out = os.path.join(runs_dir, f"{reg_slug}_{slug(name + tag)}_b{base_i}_lr{lr:g}{'_val' if val else ''}")
         evs = ["--eval_split", "val", "--eval_n", "200", "--passk_problems", "8", "--passk_n", "2", "--kl_n", "8",
                "--eval_every", "0"] if val else ev_args
-        cmd = [*args, *extra, *flags, "--lr", str(lr), "--init", bases[base_i], "--out", run_out,
-               "--seed", str(base_i), *dev, *evs]
+        cmd = [*args, *flags, "--lr", str(lr), "--init", bases[base_i], "--out", run_out, "--seed", str(base_i),
+               *dev, *evs]
         t = launch(cmd, run_out + ".log")
         fin, curve = final_metrics(run_out)
-        accs = [c["acc_test"] for c in curve if "acc_test" in c][-1:] + [fin["acc_test"]]
-        fin = dict(fin, acc_last2=statistics.fmean(accs))
+        if fin["step"] != steps:  # launch reuses a finished run: it must be one of this many steps
+            raise SystemExit(f"{run_out} holds a run of {fin['step']} steps, not {steps}: use another --out")
+        # the mean of the last two evaluations (the last step's is the final one, not in the curve)
+        fin["acc_last2"] = statistics.fmean([c["acc_test"] for c in curve if "acc_test" in c][-1:] + [fin["acc_test"]])
         print(f"{regime} | {name}{tag} | base {base_i} | lr {lr:g}{' (val)' if val else ''}: {t:.0f}s | "
               f"acc {fin['acc_test']:.3f} | probe {fin.get('acc_probe', float('nan')):.3f} | "
               f"kl {fin['kl_base']:.4f}", flush=True)
-        return dict(regime=regime, row=name + tag, base=base_i, lr=lr, wall_s=t, command="python train.py " + " ".join(cmd),
-                    metrics=fin, curve=curve)
+        return dict(regime=regime, row=name + (tag if val else ""), base=base_i, lr=lr, tau=tau, wall_s=t,
+                    command="python train.py " + " ".join(cmd), metrics=fin, curve=curve)
 
-    def pool(jobs):  # [(fn args)] -> records, JOBS at a time; a job shared by both regimes runs once
+    def pool(jobs):
+        """[(row, regime, base, lr, keywords)] -> records, JOBS at a time. A GRPO run serves every regime of
+        its task: it runs for the task's first regime and its record is copied to the others."""
         with ThreadPoolExecutor(a.jobs) as ex:
-            return list(ex.map(lambda j: run_one(*j[:4], **j[4]), jobs))
+            recs = list(ex.map(lambda j: run_one(*j[:4], **j[4]), [j for j in jobs if not shared(j[0], j[1])]))
+        return recs + [dict(x, regime=r) for x in recs for r in regimes
+                       if shared(x["row"], r) and owner[task_of(r)] == x["regime"]]
 
-    # 2. learning rates on val (base 0), per regime and method
-    lrs = {(r, n): MODE_DEFAULTS[recipe[n][0]]["lr"] for r in regimes for n in LR_OF.values()}
-    lrs.update({(r, "DFT"): 3e-4 for r in regimes})
-    shared = lambda n, r: n == "GRPO" and owner[task_of(r)] != r  # noqa: E731  (another regime's run)
+    def best(recs, key):  # the record with the highest val accuracy (the smaller lr / tau on a tie)
+        return max(sorted(recs, key=lambda x: x[key]), key=lambda x: x["metrics"]["acc_test"])
+
+    # 2. learning rates on val (base 0), per regime and method; a grid whose best is at an end is
+    #    extended once past that end (EXTEND), so that the choice is bracketed
+    lrs = {(r, n): MODE_DEFAULTS[recipe[n][0]]["lr"] for r in regimes for n in GRID}
     sweep = []
     if not a.quick:
-        sweep = pool([(n, r, 0, lr, dict(val=True)) for n in GRID for r in regimes for lr in LRS if not shared(n, r)])
-        sweep += [dict(x, regime=r) for x in list(sweep) for r in regimes if shared(x["row"], r)
-                  and owner[task_of(r)] == x["regime"]]
+        sweep = pool([(n, r, 0, lr, dict(val=True)) for n in GRID for r in regimes for lr in LRS])
+        more = []
         for r in regimes:
             for n in GRID:
-                cands = [x for x in sweep if x["row"] == n and x["regime"] == r]
-                lrs[(r, n)] = max(cands, key=lambda x: x["metrics"]["acc_test"])["lr"]
+                top = best([x for x in sweep if x["row"] == n and x["regime"] == r], "lr")["lr"]
+                if top in EXTEND:
+                    more.append((n, r, EXTEND[top]))
+        sweep += pool([(n, r, 0, lr, dict(val=True)) for n, r, lr in more])
+        for r in regimes:
+            for n in GRID:
+                lrs[(r, n)] = best([x for x in sweep if x["row"] == n and x["regime"] == r], "lr")["lr"]
     print("learning rates: " + ", ".join(f"{r}/{n} {v:g}" for (r, n), v in sorted(lrs.items())), flush=True)
 
-    # 3. every row on every base; 4. tau on val (base 0)
-    jobs = [(n, r, i, lrs[(r, LR_OF[n])], {}) for r in regimes for n in recipe for i in range(len(bases))
-            if not shared(n, r) and not (a.quick and n == "SFT (10x prompts)")]
-    jobs += [("GFT", r, 0, lrs[(r, "GFT")], dict(extra=["--tau", str(tau)], tag=f" tau {tau}", val=True))
-             for r in regimes for tau in TAUS if a.quick or tau != 0.7]  # the grid's run already is tau 0.7
-    done = pool(jobs)
-    done += [dict(x, row="GFT tau 0.7") for x in sweep if x["row"] == "GFT" and x["lr"] == lrs[(x["regime"], "GFT")]]
-    done += [dict(x, regime=r) for x in list(done) for r in regimes if x["row"] == "GRPO" and shared("GRPO", r)
-             and owner[task_of(r)] == x["regime"]]  # the same runs, read in every regime of the task
-    records += done
+    # 3. GFT's tau on val (base 0), at GFT's rate: the grid's run is tau 0.7
+    taus, tau_of = [], {r: 0.7 for r in regimes}
+    if not a.quick:
+        taus = pool([("GFT", r, 0, lrs[(r, "GFT")], dict(tau=t, val=True)) for r in regimes for t in TAUS if t != 0.7])
+        taus += [dict(x, row="GFT tau 0.7", tau=0.7) for x in sweep
+                 if x["row"] == "GFT" and x["lr"] == lrs[(x["regime"], "GFT")]]
+        tau_of = {r: best([x for x in taus if x["regime"] == r], "tau")["tau"] for r in regimes}
+    print("tau: " + ", ".join(f"{r} {t}" for r, t in tau_of.items()), flush=True)
+
+    # 4. every row on every base at its method's rate (GFT at its tau)
+    records += pool([(n, r, i, lrs[(r, LR_OF[n])], dict(tau=tau_of[r] if n == "GFT" and tau_of[r] != 0.7 else None))
+                     for r in regimes for n in recipe for i in range(len(bases))
+                     if not (a.quick and n == "SFT (10x prompts)")])
+    records += taus
     total = time.time() - t0
     with open(os.path.join(out, "runs.jsonl"), "w") as f:
         for x in sweep + records:
             f.write(json.dumps({k: v for k, v in x.items() if k != "curve"}) + "\n")
-    md = report(records, sweep, lrs, bases, steps, total, a.quick, regimes)
+    md = report(records, sweep, lrs, tau_of, bases, steps, total, a.quick, regimes)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(md)
     print(md)
@@ -214,6 +239,8 @@ def verdict(a, b, key):
     agrees in sign and the mean difference exceeds the larger of the two rows' ranges over bases."""
     pairs = {x["base"]: x["metrics"][key] for x in a}, {x["base"]: x["metrics"][key] for x in b}
     common = sorted(set(pairs[0]) & set(pairs[1]))
+    if not common:
+        return "n/a (row missing)"
     if len(common) < 2:
         return "n/a (one base)"
     d = [pairs[0][i] - pairs[1][i] for i in common]
@@ -234,25 +261,30 @@ CLAIMS = [  # (row, than row, metric, the paper's prediction)
     ("GFT", "SFT", "acc_ood", "higher"),
     ("GFT", "SFT", "acc_probe", "higher"),
     ("GFT", "SFT", "kl_base", "lower"),
+    ("GFT", "SFT", "kl_base_samples", "lower"),
     ("GFT", "SFT", "pass@16", "higher"),
     ("GFT", "SFT", "paths", "higher"),
 ]
 
 
-def report(records, sweep, lrs, bases, steps, total, quick, regimes):
+def report(records, sweep, lrs, tau_of, bases, steps, total, quick, regimes):
     lines = [f"# Reproduction part 2: " + " / ".join(regimes) + f" ({'quick' if quick else 'full'} run)", "",
              f"{len(bases)} gated base(s): " + ", ".join(bases) + f". {steps} optimiser steps per run, {8 * P} "
              f"sequences per step. Cells: mean over bases (min..max). acc_last2: mean greedy test accuracy of the "
              f"last two evaluations. Wall time {total / 60:.1f} min.", "",
              "Premise (experiments/premise.py, the rule in its `verdict`): see premise.md beside this file.", "",
-             "Learning rates (best on val, base 0, of " + ", ".join(f"{x:g}" for x in LRS) + "; DFT fixed 3e-4): "
+             ("Learning rates: train.py's MODE_DEFAULTS (quick run, no grid): " if quick else
+              "Learning rates (best on val, base 0, of " + ", ".join(f"{x:g}" for x in LRS) + ", extended past a "
+              "winning end; SFT (10x prompts) takes SFT's): ")
              + "; ".join(f"{r} {n} {v:g}" for (r, n), v in sorted(lrs.items())) + ".", ""]
     if sweep:
-        lines += ["| regime | method | " + " | ".join(f"lr {x:g}" for x in LRS) + " |", "|---" * (len(LRS) + 2) + "|"]
+        grid = sorted({x["lr"] for x in sweep})
+        lines += ["Val accuracy per rate (base 0; - = not run):", "",
+                  "| regime | method | " + " | ".join(f"lr {x:g}" for x in grid) + " |", "|---" * (len(grid) + 2) + "|"]
         for r in regimes:
             for n in GRID:
                 vals = {x["lr"]: x["metrics"]["acc_test"] for x in sweep if x["row"] == n and x["regime"] == r}
-                lines.append(f"| {r} | {n} | " + " | ".join(f"{vals.get(x, float('nan')):.3f}" for x in LRS) + " |")
+                lines.append(f"| {r} | {n} | " + " | ".join(f"{vals[x]:.3f}" if x in vals else "-" for x in grid) + " |")
         lines.append("")
     by = {}
     for x in records:
@@ -267,7 +299,7 @@ def report(records, sweep, lrs, bases, steps, total, quick, regimes):
                                                      for c in COLS) + f" | {statistics.mean(x['wall_s'] for x in xs):.0f} |")
         taus = [(t, by.get((r, f"GFT tau {t}"), [])) for t in TAUS]
         lines += ["", "GFT's tau on val (base 0): " + ", ".join(f"tau {t}: {xs[0]['metrics']['acc_test']:.3f}"
-                                                               for t, xs in taus if xs), ""]
+                                                               for t, xs in taus if xs) + f"; the GFT row uses {tau_of[r]}", ""]
     lines += ["## The paper's claims, every regime, under the pre-registered rule", "",
               "| claim | paper | " + " | ".join(regimes) + " |", "|---" * (len(regimes) + 2) + "|"]
     for a_, b_, key, pred in CLAIMS:

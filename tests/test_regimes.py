@@ -79,11 +79,19 @@ def test_strict_verifier_accepts_every_correct_reduction_and_agrees_with_ground_
     assert D.verify_trace(text, p) == float(reduction_is_right(text, p)), text
 
 
-def test_strict_verifier_still_runs_a_subtraction_left_to_right():
-    p = D.make_problem([90, 20, 15], "-")
-    assert D.verify_trace("90-20=70;70-15=55;#### 55", p) == 1.0
-    assert D.verify_trace("90-15=75;75-20=55;#### 55", p) == 1.0
-    assert D.verify_trace("20-15=5;90-5=85;#### 85", p) == 0.0
+def test_strict_verifier_accepts_a_subtraction_exactly_when_it_runs_left_to_right_to_the_answer():
+    for xs in itertools.combinations_with_replacement(range(10, 31, 4), 3):  # every 2-step trace over the numbers
+        xs = sorted(xs, reverse=True)
+        p = D.make_problem(xs, "-")
+        for i, j in itertools.permutations(range(3), 2):
+            c = xs[i] - xs[j]
+            rest = xs[3 - i - j]
+            for u, v in ((rest, c), (c, rest)):
+                if c < 0 or u - v < 0:
+                    continue  # the step pattern has no minus sign in its numbers
+                text = f"{xs[i]}-{xs[j]}={c};{u}-{v}={u - v};#### {u - v}"
+                chain = xs[i] == xs[0] and u == c and v == rest and str(u - v) == p.answer
+                assert D.verify_trace(text, p) == float(chain), text
 
 
 def test_digits_change_every_split_but_the_probe():
@@ -115,10 +123,45 @@ def test_tree_style_reaches_the_fine_tuning_pool_only(tmp_path):
     (dict(mode="gft", digits=7), r"--digits 7 is out of range \[1, 6\]"),
     (dict(mode="gft", expert_style="wavy"), r"--expert_style 'wavy' is not allowed; choose one of \('chain', 'tree'\)"),
     (dict(mode="gft", adam_beta2=1.0), r"--adam_beta2 1.0 is out of range"),
+    (dict(mode="gft", sft_teachers=3), r"--sft_teachers 3 is for sft/dft"),
+    (dict(mode="pretrain", init="", expert_style="tree"), r"--expert_style tree / --digits 2 are fine-tuning settings"),
+    (dict(mode="pretrain", init="", digits=3), r"--expert_style chain / --digits 3 are fine-tuning settings"),
 ])
 def test_bad_regime_setting_is_an_error_naming_it(settings_, pattern):
     with pytest.raises(ValueError, match=pattern):
-        train.make_config(init="x.pt", **settings_)
+        train.make_config(**{"init": "x.pt", **settings_})
+
+
+def test_unknown_expert_style_is_an_error_naming_it():
+    with pytest.raises(ValueError, match=r"expert style 'wavy' is unknown; allowed: \('chain', 'tree'\)"):
+        D.make_problem([12, 34], style="wavy")
+
+
+def test_a_rollout_budget_that_cuts_the_training_solutions_is_an_error(tmp_path):
+    base = str(tmp_path / "base")
+    run("pretrain", "--out", base, "--steps", "1", "--batch_size", "4", *TINY)
+    with pytest.raises(ValueError, match=r"--max_new_tokens 40 cuts \d+ built-in train solution\(s\) such as"):
+        train.main(["gft", "--init", os.path.join(base, "ckpt.pt"), "--out", str(tmp_path / "g"), "--digits", "3",
+                    *FAST[:-2], "--max_new_tokens", "40"])
+
+
+def test_updates_per_batch_that_do_not_divide_each_process_groups_are_an_error(monkeypatch):
+    monkeypatch.setattr(train, "setup_distributed", lambda cfg: (0, 2, torch.device("cpu")))
+    cfg = train.make_config(mode="gft", init="x.pt", prompts_per_step=4, updates_per_batch=4)
+    with pytest.raises(ValueError, match=r"--prompts_per_step 4 must be a multiple of 2 processes x "
+                                         r"--updates_per_batch 4"):
+        train.set_up(cfg)
+
+
+def test_sft_mix_takes_a_data_record_s_right_teachers_only():
+    p = D.Problem(prompt="Q:2+3=", answer="5", expert="2+3=5;#### 5",
+                  teachers=("#### 5", "#### 6", "3+2=5;#### 5", "#### 7", "5;#### 5"))
+    cfg = train.make_config(mode="sft", init="x.pt", batch_size=4, sft_teachers=3)
+    tok = D.Tokenizer()
+    for step in range(20):
+        groups, _ = train.build_groups(tok, [p], cfg, step, 1, 3, correct_only=True)
+        texts = [tok.decode_response(r.tokens) for r in groups[0].responses]
+        assert len(texts) == 4 and all(D.verify(t, "5") == 1.0 for t in texts), texts
 
 
 def test_sft_mix_step_holds_batch_size_right_demonstrations_one_expert_per_prompt():

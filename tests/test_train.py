@@ -173,12 +173,20 @@ def test_every_evaluation_during_training_is_logged(base, tmp_path):
     assert all(r["ms_per_step"] > 0 for r in logged.values())
 
 
-def test_kl_to_base_is_zero_for_the_base_itself_on_both_kinds_of_context(base):
+def test_kl_to_base_is_zero_for_the_base_itself_and_measured_on_the_base_s_own_samples(base):
     ck = train.load_checkpoint(base)
     model, same = train.model_from_checkpoint(ck), train.model_from_checkpoint(ck)
     cfg = train.make_config(mode="eval", init=base, eval_n=4, passk_problems=2, passk_n=2, kl_n=3, max_new_tokens=48)
     tok = train.D.Tokenizer()
-    r = train.evaluate(model, tok, train.load_problems(cfg, tok, 96), cfg, base=same)
+    splits = train.load_problems(cfg, tok, 96)
+    r = train.evaluate(model, tok, splits, cfg, base=same)
     assert r["kl_base"] == 0.0 and r["kl_base_samples"] == 0.0
-    groups = train.base_sample_groups(same, tok, train.D.make_split("test", 3), 48)
-    assert groups == train.base_sample_groups(same, tok, train.D.make_split("test", 3), 48)  # fixed contexts
+    with torch.no_grad():  # a model that has moved: the contexts must still be the base's samples
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    anchors = splits["test"][:3] + splits["probe"][:3]
+    on_base = train.base_sample_groups(same, tok, anchors, 48)
+    assert on_base == train.base_sample_groups(same, tok, anchors, 48)  # fixed contexts
+    assert on_base != train.base_sample_groups(model, tok, anchors, 48)
+    r = train.evaluate(model, tok, splits, cfg, base=same)
+    assert r["kl_base_samples"] == train.kl_to_base(model, same, tok, on_base) > 0
