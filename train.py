@@ -780,7 +780,7 @@ def set_up(cfg):
         if cut and k != "ood":
             raise ValueError(msg + ": raise it")
         if cut and rank == 0:  # harder problems than trained on: reported, not fatal
-            print(f"WARNING: {msg}; those answers cannot be reached (raise --max_new_tokens)")
+            print(f"WARNING: {msg}; those answers cannot be reached (raise --max_new_tokens)", file=sys.stderr)
     check_fits(tok, splits["train"] + splits["test"], cfg.max_new_tokens, model.config.block_size, bool(cfg.init))
     return RunState(rank, world, device, tok, model, splits, os.path.join(cfg.out, "ckpt.pt"),
                     os.path.join(cfg.out, "metrics.jsonl"), init, base, base_info)
