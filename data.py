@@ -265,7 +265,7 @@ def tree_sum(operands, op="+"):
 
 EXPERT_STYLES = {"chain": running_sum, "tree": tree_sum}
 # chain: the control, written exactly as pretraining's canonical path (on-policy for the base);
-# tree: the off-policy regime (README "Two regimes")
+# tree: the off-policy regime (README "Three regimes")
 
 
 def make_problem(operands, op="+", style="chain"):

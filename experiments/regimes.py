@@ -5,7 +5,7 @@
     python experiments/regimes.py --quick                  # 1 base, 30-step runs, no lr grid
     python experiments/regimes.py --regimes knowledge      # some regimes (finished training runs are reused)
 
-Three regimes, each one or two settings of train.py (README "Two regimes"):
+Three regimes, each one or two settings of train.py (README "Three regimes"):
     control     the expert writes running sums, as pretraining did: on-policy for the base
     off-policy  the expert writes tree sums (data.py:tree_sum), never seen in pretraining
     knowledge   3-digit operands, never seen in pretraining: the base solves none (pass@16 0),
@@ -17,7 +17,7 @@ verdict rule is fixed there), before any method is compared. Then, per regime:
     4. every row on every base at its rate (GFT at its tau), on the test, ood and probe splits
     3. GFT's tau among 0.1 / 0.5 / 0.7 (the authors' own choices) on val, base 0, at GFT's rate
 GRPO never sees the expert, so one run serves every regime on the same problems. Verdicts follow the rule written
-in README "Two regimes" before these runs: a difference counts when every base agrees in sign
+in README "Three regimes" before these runs: a difference counts when every base agrees in sign
 and its mean exceeds the larger of the two rows' ranges over bases.
 Writes to --out (default results/regimes/): results.md, runs.jsonl, premise.md and the runs.
 """
@@ -235,7 +235,7 @@ def cell(vals):
 
 
 def verdict(a, b, key):
-    """The pre-registered rule (README "Two regimes"): row a beats row b on key when every base
+    """The pre-registered rule (README "Three regimes"): row a beats row b on key when every base
     agrees in sign and the mean difference exceeds the larger of the two rows' ranges over bases."""
     pairs = {x["base"]: x["metrics"][key] for x in a}, {x["base"]: x["metrics"][key] for x in b}
     common = sorted(set(pairs[0]) & set(pairs[1]))

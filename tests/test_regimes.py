@@ -1,4 +1,4 @@
-"""The settings behind reproduction part 2 (README "Two regimes"): the off-policy tree expert and
+"""The settings behind reproduction part 2 (README "Three regimes"): the off-policy tree expert and
 the generalised strict verifier, SFT(mix), and the official GFT optimiser options."""
 import collections
 import itertools
