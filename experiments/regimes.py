@@ -279,12 +279,13 @@ def report(records, sweep, lrs, tau_of, bases, steps, total, quick, regimes):
              + "; ".join(f"{r} {n} {v:g}" for (r, n), v in sorted(lrs.items())) + ".", ""]
     if sweep:
         grid = sorted({x["lr"] for x in sweep})
-        lines += ["Val accuracy per rate (base 0; - = not run):", "",
+        lines += ["Val greedy accuracy (KL(base || model) on 8+8 anchors) per rate, base 0; - = not run:", "",
                   "| regime | method | " + " | ".join(f"lr {x:g}" for x in grid) + " |", "|---" * (len(grid) + 2) + "|"]
         for r in regimes:
             for n in GRID:
-                vals = {x["lr"]: x["metrics"]["acc_test"] for x in sweep if x["row"] == n and x["regime"] == r}
-                lines.append(f"| {r} | {n} | " + " | ".join(f"{vals[x]:.3f}" if x in vals else "-" for x in grid) + " |")
+                vals = {x["lr"]: x["metrics"] for x in sweep if x["row"] == n and x["regime"] == r}
+                lines.append(f"| {r} | {n} | " + " | ".join(f"{vals[x]['acc_test']:.3f} ({vals[x]['kl_base']:.3f})"
+                                                              if x in vals else "-" for x in grid) + " |")
         lines.append("")
     by = {}
     for x in records:
