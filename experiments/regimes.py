@@ -70,11 +70,16 @@ def rows(steps, n_prompts):
         "SFT (mix)": [*sft, "--sft_teachers", "3"],  # expert + 3 correct teacher solutions per prompt
         "DFT": ["dft", *sft[1:]],
         "GFT": [*gft, "--tau", "0.7"],
+        # the official scripts' optimiser: AdamW betas (0.9, 0.999), weight decay 0.01, constant lr without
+        # warm-up, 4 updates per rollout batch (so 4x the updates of "GFT" from the same rollouts)
+        "GFT (official optimiser)": [*gft, "--tau", "0.7", "--adam_beta2", "0.999", "--weight_decay", "0.01",
+                                     "--schedule", "constant", "--warmup", "0", "--updates_per_batch", "4"],
         "GRPO": ["grpo", "--prompts_per_step", str(P), "--n_rollout", "8", *common],
     }
 
 
-LR_OF = {"SFT": "SFT", "SFT (10x prompts)": "SFT", "SFT (mix)": "SFT (mix)", "DFT": "DFT", "GFT": "GFT", "GRPO": "GRPO"}
+LR_OF = {"SFT": "SFT", "SFT (10x prompts)": "SFT", "SFT (mix)": "SFT (mix)", "DFT": "DFT", "GFT": "GFT",
+         "GFT (official optimiser)": "GFT", "GRPO": "GRPO"}
 GRID = ("SFT", "SFT (mix)", "DFT", "GFT", "GRPO")  # the methods whose rate is chosen; SFT (10x) takes SFT's
 
 
@@ -211,7 +216,7 @@ def main():
     print("tau: " + ", ".join(f"{r} {t}" for r, t in tau_of.items()), flush=True)
 
     # 4. every row on every base at its method's rate (GFT at its tau)
-    records += pool([(n, r, i, lrs[(r, LR_OF[n])], dict(tau=tau_of[r] if n == "GFT" and tau_of[r] != 0.7 else None))
+    records += pool([(n, r, i, lrs[(r, LR_OF[n])], dict(tau=tau_of[r] if LR_OF[n] == "GFT" and tau_of[r] != 0.7 else None))
                      for r in regimes for n in recipe for i in range(len(bases))
                      if not (a.quick and n == "SFT (10x prompts)")])
     records += taus
