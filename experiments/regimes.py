@@ -231,12 +231,12 @@ def main():
     print(f"regimes finished in {total / 60:.1f} min; wrote {out}")
 
 
-def cell(vals):
+def cell(vals, f=".3f"):
     if not vals:
         return "-"
     if len(vals) == 1:
-        return f"{vals[0]:.3f}"
-    return f"{statistics.mean(vals):.3f} ({min(vals):.3f}..{max(vals):.3f})"
+        return f"{vals[0]:{f}}"
+    return f"{statistics.mean(vals):{f}} ({min(vals):{f}}..{max(vals):{f}})"
 
 
 def verdict(a, b, key):
@@ -301,8 +301,8 @@ def report(records, sweep, lrs, tau_of, bases, steps, total, quick, regimes):
         for n in ["base", *rows(1, 1)]:
             xs = by.get((r, n), [])
             if xs:
-                lines.append(f"| {n} | " + " | ".join(cell([x["metrics"][c] for x in xs if c in x["metrics"]])
-                                                     for c in COLS) + f" | {statistics.mean(x['wall_s'] for x in xs):.0f} |")
+                lines.append(f"| {n} | " + " | ".join(cell([x["metrics"][c] for x in xs if c in x["metrics"]],
+                                                          ".4f" if c.startswith("kl") else ".3f") for c in COLS) + f" | {statistics.mean(x['wall_s'] for x in xs):.0f} |")
         taus = [(t, by.get((r, f"GFT tau {t}"), [])) for t in TAUS]
         lines += ["", "GFT's tau on val (base 0): " + ", ".join(f"tau {t}: {xs[0]['metrics']['acc_test']:.3f}"
                                                                for t, xs in taus if xs) + f"; the GFT row uses {tau_of[r]}", ""]
