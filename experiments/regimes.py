@@ -1,6 +1,6 @@
 """Reproduction, part 2: the paper's comparisons where its premise holds, beside the control.
 
-    python experiments/regimes.py                          # 3 new gated bases, about 2 h on 2 CPU cores
+    python experiments/regimes.py                          # 3 new gated bases; 2 regimes took 69 min here on reused bases
     python experiments/regimes.py --bases a/ckpt.pt b/ckpt.pt c/ckpt.pt   # reuse gated bases
     python experiments/regimes.py --quick                  # 1 base, 30-step runs, no lr grid
     python experiments/regimes.py --regimes knowledge      # some regimes (finished training runs are reused)
@@ -10,15 +10,16 @@ Three regimes, each one or two settings of train.py (README "Three regimes"):
     off-policy  the expert writes tree sums (data.py:tree_sum), never seen in pretraining
     knowledge   3-digit operands, never seen in pretraining: the base solves none (pass@16 0),
                 so only the expert and the teachers are ever right
-experiments/premise.py measures, under each base, how unlikely each expert style is (the
-verdict rule is fixed there), before any method is compared. Then, per regime:
-    2. learning rates: per method, the best of LRS by greedy accuracy on the val split (base 0),
-       the grid extended once past an end that wins
-    4. every row on every base at its rate (GFT at its tau), on the test, ood and probe splits
+In order:
+    1. the premise: experiments/premise.py measures, under each base, how unlikely each expert
+       is (its verdict rule was fixed before any method was compared)
+    2. learning rates: per method and regime, the best of LRS by greedy accuracy on the val split
+       (base 0), the grid extended once past an end that wins
     3. GFT's tau among 0.1 / 0.5 / 0.7 (the authors' own choices) on val, base 0, at GFT's rate
-GRPO never sees the expert, so one run serves every regime on the same problems. Verdicts follow the rule written
-in README "Three regimes" before these runs: a difference counts when every base agrees in sign
-and its mean exceeds the larger of the two rows' ranges over bases.
+    4. every row on every base at its rate (GFT at its tau), on the test, ood and probe splits
+GRPO never sees the expert, so one run serves every regime on the same problems. Verdicts follow
+the rule written in README "Three regimes" before these runs: a difference counts when every base
+agrees in sign and its mean exceeds the larger of the two rows' ranges over bases.
 Writes to --out (default results/regimes/): results.md, runs.jsonl, premise.md and the runs.
 """
 import argparse
@@ -48,10 +49,12 @@ def task_of(regime):
     evaluation depend on these only."""
     flags = REGIMES[regime]
     return tuple(x for i, x in enumerate(flags) if "--expert_style" not in (flags[i], flags[i - 1] if i else ""))
+
+
 LRS = (1e-5, 1e-4, 3e-4)  # each method's grid, per regime; extended once past an end that wins (EXTEND)
 EXTEND = {1e-5: 1e-6, 3e-4: 1e-3}
 TAUS = (0.1, 0.5, 0.7)
-EVAL = ["--eval_n", "400", "--passk_problems", "64", "--passk_n", "16", "--kl_n", "64"]  # 400: the probe split holds ~400 distinct problems
+EVAL = ["--eval_n", "400", "--passk_problems", "64", "--passk_n", "16", "--kl_n", "64"]  # the probe has ~400 problems
 QUICK_EVAL = ["--eval_n", "200", "--passk_problems", "32", "--passk_n", "16", "--kl_n", "32"]
 COLS = ["acc_test", "acc_last2", "acc_ood", "acc_probe", "pass@1", "pass@16", "pass@1_strict", "paths", "kl_base",
         "kl_base_samples"]
@@ -100,6 +103,8 @@ def main():
         if r not in REGIMES:
             raise SystemExit(f"--regimes: unknown regime {r!r}; allowed: {', '.join(REGIMES)}")
     steps = a.steps or (30 if a.quick else 80)
+    if a.jobs < 1 or a.seeds < 1 or steps < 1:
+        raise SystemExit(f"--jobs ({a.jobs}), --seeds ({a.seeds}) and --steps ({steps}) must be >= 1")
     out = a.out or os.path.join(ROOT, "results", "regimes_quick" if a.quick else "regimes")
     runs_dir = os.path.join(out, "runs")
     os.makedirs(runs_dir, exist_ok=True)
