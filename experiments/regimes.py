@@ -35,7 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 from repro import P, final_metrics, launch, slug  # noqa: E402  (experiments/repro.py)
-from train import MODE_DEFAULTS, base_band_problem, load_checkpoint  # noqa: E402
+from train import MODE_DEFAULTS, base_band_problem  # noqa: E402
 
 REGIMES = {  # name -> train.py settings
     "control": ["--expert_style", "chain"],
@@ -278,7 +278,7 @@ CLAIMS = [  # (row, than row, metric, the paper's prediction)
 
 
 def report(records, sweep, lrs, tau_of, bases, steps, total, quick, regimes):
-    lines = [f"# Reproduction part 2: " + " / ".join(regimes) + f" ({'quick' if quick else 'full'} run)", "",
+    lines = ["# Reproduction part 2: " + " / ".join(regimes) + f" ({'quick' if quick else 'full'} run)", "",
              f"{len(bases)} gated base(s): " + ", ".join(bases) + f". {steps} optimiser steps per run, {8 * P} "
              f"sequences per step. Cells: mean over bases (min..max). acc_last2: mean greedy test accuracy of the "
              f"last two evaluations. Wall time {total / 60:.1f} min.", "",
