@@ -102,7 +102,7 @@ def test_digits_change_every_split_but_the_probe():
     assert {len(p.operands) for p in s["ood"]} == {5} and {len(p.operands) for p in s["test"]} == {4}
 
 
-def test_tree_style_reaches_the_fine_tuning_pool_only(tmp_path):
+def test_tree_style_reaches_the_fine_tuning_pool_only():
     cfg = train.make_config(mode="gft", init="x.pt", expert_style="tree", n_prompts=20, eval_n=20)
     s = train.load_problems(cfg, D.Tokenizer(), 128)
     assert all(p.expert == D.tree_sum(p.operands) for p in s["train"])
