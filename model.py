@@ -75,10 +75,12 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x, attn_mask=None, cache=None, layer=0, rot=None):
         # x (B, T, C); attn_mask None (plain causal) or bool (B, 1, T, S), True = may attend
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)  # (B, T, 3, nh, hs)
+        qk, v = qkv[:, :, :2], qkv[:, :, 2]
         if rot is not None:
-            q, k = rotate(q, rot), rotate(k, rot)
+            qk = rotate(qk, rot)  # q and k in one call: half the kernels (a GPU decode step counts them)
+        q, k = qk.unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         if cache is not None:
             k, v = cache.append(layer, k, v)  # (B, nh, S, hs), S = cached + T
         dropout = self.dropout if self.training else 0.0
@@ -99,24 +101,25 @@ def rope_tables(block_size, hs, base=10000.0):
 
 
 def rotate(x, rot):
-    """Rotate pairs (x1, x2) of the head dimension of x (B, nh, T, hs) by their position's angle:
-    (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos). rot comes from GPT._rot, in one of two forms:
+    """Rotate pairs (x1, x2) of the head dimension of x (B, T, 2, nh, hs), q and k stacked, by their
+    position's angle: (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos). rot comes from GPT._rot, in
+    one of two forms:
 
-    - x float32: rot = cos + i sin, complex (B or 1, 1, T, hs/2), and one complex product
+    - x float32: rot = cos + i sin, complex (B or 1, T, 1, 1, hs/2), and one complex product
       (x1 + i x2)(cos + i sin). On CPU this is 4-9x faster than any real formula we tried (which
       are bitwise equal to it, values and gradients; tests/test_model.py) and keeps rotary at ~5%
       of a CPU training step.
-    - x bfloat16 / float16 (autocast on GPU): rot = (cos, sin) stacked, (2, B or 1, 1, T, hs),
+    - x bfloat16 / float16 (autocast on GPU): rot = (cos, sin) stacked, (2, B or 1, T, 1, 1, hs),
       interleaved as (c0, c0, c1, c1, ...) and (-s0, s0, -s1, s1, ...), and x cos + (x2, x1) sin
       in x's dtype. There is no bf16 complex type: the complex product needed a float32 copy
       of q and k, ~13% of a GPT-2-small step on an H100 (issue 13).
     """
     if rot.is_complex():
-        pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))  # (B, nh, T, hs/2), a view
+        pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))  # (B, T, 2, nh, hs/2), a view
         return torch.view_as_real(pairs * rot).flatten(-2)
     cos, sin = rot
     swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x2, x1) in every pair
-    return x * cos + swapped * sin
+    return torch.addcmul(x * cos, swapped, sin)  # one kernel for "+ swapped * sin"
 
 
 class MLP(nn.Module):
@@ -187,6 +190,10 @@ class GPT(nn.Module):
             cos, sin = rope_tables(config.block_size, config.n_embd // config.n_head)
             self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, hs/2)
             self.register_buffer("rope_sin", sin, persistent=False)
+            # the same for half-precision q and k, interleaved once here rather than at every forward
+            # (a GPU decode step pays for each kernel): (2, block_size, hs), c0 c0 c1 c1 ... and -s0 s0 -s1 s1 ...
+            self.register_buffer("rope_cs", torch.stack((torch.stack((cos, cos), -1).flatten(-2),
+                                                         torch.stack((-sin, sin), -1).flatten(-2))), persistent=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying, as GPT-2
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scaled init of residual projections
@@ -217,8 +224,10 @@ class GPT(nn.Module):
         """
         logits = self._logits(idx, pad_mask)
         loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        if targets is not None:  # cross-entropy as log-softmax + NLL (F.cross_entropy's own decomposition),
+            # the log-softmax in float32 read straight from bf16 logits (no float32 copy of them first)
+            logp = F.log_softmax(logits, -1, dtype=torch.float32).reshape(-1, logits.size(-1))
+            loss = F.nll_loss(logp, targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     def _logits(self, idx, pad_mask=None, cache=None, pos=None, attn_mask=None):
@@ -246,12 +255,10 @@ class GPT(nn.Module):
         q and k will have (the autocast dtype when autocast is on, else x's); once per forward."""
         dev = x.device.type
         dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
-        cos, sin = self.rope_cos[pos].unsqueeze(1), self.rope_sin[pos].unsqueeze(1)  # (B or 1, 1, T, hs/2)
         if dtype in (torch.float32, torch.float64):
+            cos, sin = (t[pos][:, :, None, None] for t in (self.rope_cos, self.rope_sin))  # (B or 1, T, 1, 1, hs/2)
             return torch.complex(cos, sin)
-        cos2 = torch.stack((cos, cos), -1).flatten(-2)  # (B or 1, 1, T, hs): c0 c0 c1 c1 ...
-        sin2 = torch.stack((-sin, sin), -1).flatten(-2)  # -s0 s0 -s1 s1 ...
-        return torch.stack((cos2, sin2)).to(dtype)
+        return self.rope_cs[:, pos][:, :, :, None, None].to(dtype)  # (2, B or 1, T, 1, 1, hs)
 
     def _check_position(self, last):
         if last >= self.config.block_size:
@@ -281,8 +288,8 @@ class GPT(nn.Module):
         resp_mask[:, 1:] is False. Use resp_mask[:, 1:] as the loss mask.
         One log-softmax gives both: p = exp(log p) of the chosen token, never a second softmax.
         """
-        logits = self._logits(tokens[:, :-1]).float()  # (N, L-1, V); float32 under autocast too
-        logp = F.log_softmax(logits, dim=-1)  # (N, L-1, V)
+        logits = self._logits(tokens[:, :-1])  # (N, L-1, V), bf16 under autocast
+        logp = F.log_softmax(logits, dim=-1, dtype=torch.float32)  # (N, L-1, V), float32 (no float32 copy of logits)
         lp = logp.gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)  # (N, L-1)
         mask = resp_mask[:, 1:]
         lp = torch.where(mask, lp, torch.zeros_like(lp))

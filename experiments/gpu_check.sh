@@ -3,14 +3,15 @@
 #
 #   bash experiments/gpu_check.sh                  # logs in $OUT if set, else out/gpu_check
 #   STAGES="info gpu_tests bench" bash experiments/gpu_check.sh   # a subset, in this order
+#   TOTAL_S=300 BENCH_ARGS=--quick XDIST_N=10 bash experiments/gpu_check.sh   # less time, no profile, more workers
 #
 # Stages, each under its own time limit, each writing <stage>.log; summary.txt gets one line each:
 #   info       nvidia-smi, torch and CUDA versions, GPU count (seconds)
 #   gpu_tests  tests/test_gpu.py: bf16 KV cache, CUDA-graph fast decode, --compile, torchrun (~1-2 min)
-#   bench      experiments/bench.py --quick: sections 1-3 on the GPU, then section 4 (GPT-2-small
+#   bench      experiments/bench.py --quick --gpu_profile: sections 1-3 on the GPU, then section 4 (GPT-2-small
 #              shape, PASS/MISS against issue 13's targets), against nanoGPT's model.py when it is
 #              at .nanogpt/model.py (not in git: bring it along, e.g. the device tool's carry) (~4-5 min)
-#   suite      python -m pytest -q -x tests, the whole suite (less test_gpu.py when gpu_tests ran), with
+#   suite      python -m pytest -q tests, the whole suite, every failure listed (less test_gpu.py when gpu_tests ran), with
 #              the time that is left
 # The measurements run before the whole suite so that they land even if the suite needs longer
 # than what is left; the suite's own result is in suite.log (a timeout there reads rc 124).
@@ -61,14 +62,16 @@ NANO=()
 SKIP_GPU=()  # tests/test_gpu.py already ran as its own stage: the two stages together are the whole suite
 [[ " $STAGES " == *" gpu_tests "* ]] && SKIP_GPU=(--ignore tests/test_gpu.py)
 XDIST=()
-python -c "import xdist" 2>/dev/null && XDIST=(-n 4)  # the DDP test picks a fixed port: few workers
+python -c "import xdist" 2>/dev/null && XDIST=(-n "${XDIST_N:-6}")  # each DDP test has its own fixed port
+TIMEOUT=()  # one hung test must not take the whole stage: every failure is listed (no -x)
+python -c "import pytest_timeout" 2>/dev/null && TIMEOUT=(--timeout 150)
 
 for s in $STAGES; do
   case $s in
     info)      stage info 60 bash -c info ;;
     gpu_tests) stage gpu_tests 180 python -m pytest -q -x -rs tests/test_gpu.py ;;
-    bench)     stage bench 330 python experiments/bench.py --quick "${NANO[@]}" ;;
-    suite)     stage suite 600 python -m pytest -q -x "${XDIST[@]}" "${SKIP_GPU[@]}" tests ;;
+    bench)     stage bench 330 python experiments/bench.py ${BENCH_ARGS:---quick --gpu_profile} "${NANO[@]}" ;;
+    suite)     stage suite 600 python -m pytest -q -rf "${XDIST[@]}" "${TIMEOUT[@]}" "${SKIP_GPU[@]}" tests ;;
     *)         echo "unknown stage $s (info gpu_tests bench suite)"; exit 2 ;;
   esac
 done

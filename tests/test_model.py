@@ -386,7 +386,7 @@ def test_rope_model_kv_cache_equals_recompute_and_padding_invariance():
 
 def real_rotary(x, pos):
     """The obviously-correct formula: slice out each pair, rotate it, put it back (float32)."""
-    cos, sin = (t[pos].unsqueeze(1) for t in rope_tables(64, x.size(-1)))  # (B, 1, T, hs/2)
+    cos, sin = (t[pos][:, :, None, None] for t in rope_tables(64, x.size(-1)))  # (B, T, 1, 1, hs/2)
     x1, x2 = x[..., 0::2], x[..., 1::2]
     return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), -1).flatten(-2)
 
@@ -395,7 +395,7 @@ def test_float32_rotary_is_bitwise_the_real_formula_values_and_gradients():
     """The complex product that float32 uses (fast on CPU) does the real formula's arithmetic."""
     model = random_model()
     pos = torch.randint(0, 64, (3, 20))
-    x = torch.randn(3, 20, 2, 16).transpose(1, 2).requires_grad_(True)  # (B, nh, T, hs), as q is made
+    x = torch.randn(3, 20, 3, 2, 16)[:, :, :2].requires_grad_(True)  # (B, T, 2, nh, hs), as q and k are made
     a, b = rotate(x, model._rot(pos, x)), real_rotary(x, pos)
     assert torch.equal(a, b)
     g = torch.randn_like(a)
@@ -406,7 +406,7 @@ def test_bfloat16_rotary_agrees_with_float32_within_bfloat16_rounding():
     """The real path that runs under bf16 autocast (GPU) against the float32 one."""
     model = random_model()
     pos = torch.randint(0, 64, (3, 20))
-    x = torch.randn(3, 20, 2, 16).transpose(1, 2)
+    x = torch.randn(3, 20, 2, 2, 16)  # (B, T, 2, nh, hs)
     x16 = x.bfloat16()
     rot16 = model._rot(pos, x16)
     assert not rot16.is_complex() and rot16.dtype == torch.bfloat16

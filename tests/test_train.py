@@ -63,15 +63,28 @@ def test_gft_with_tau_zero_and_one_expert_takes_the_same_step_as_sft(base, tmp_p
 
 
 def test_fast_decode_rollouts_take_the_same_gft_step_as_eager_ones(base, tmp_path, monkeypatch):
-    args = ("gft", "--init", base, "--steps", "1", "--prompts_per_step", "2", "--n_rollout", "3")
-    run(*args, "--out", str(tmp_path / "eager"))
+    args = ("gft", "--init", base, "--steps", "1", "--prompts_per_step", "2", "--n_rollout", "3", "--device", "cpu")
     import model  # the module whose fast_generate is counted
     calls, fast_generate = [], model.fast_generate
     monkeypatch.setattr(model, "fast_generate", lambda *a: calls.append(1) or fast_generate(*a))
+    run(*args, "--out", str(tmp_path / "eager"))  # unset: eager on the CPU
+    assert not calls
     run(*args, "--out", str(tmp_path / "fast"), "--fast_decode", "true")
     assert len(calls) == 1  # the step's rollouts; evaluation stays on the eager path
     a, b = weights(str(tmp_path / "eager" / "ckpt.pt")), weights(str(tmp_path / "fast" / "ckpt.pt"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fast_decode_unset_is_on_for_cuda_and_false_turns_it_off(base, tmp_path, monkeypatch):
+    args = ("gft", "--init", base, "--steps", "1", "--prompts_per_step", "2", "--n_rollout", "3", "--device", "cuda")
+    import model
+    calls, fast_generate = [], model.fast_generate
+    monkeypatch.setattr(model, "fast_generate", lambda *a: calls.append(1) or fast_generate(*a))
+    run(*args, "--out", str(tmp_path / "off"), "--fast_decode", "false")
+    assert not calls
+    run(*args, "--out", str(tmp_path / "unset"))
+    assert len(calls) == 1
 
 
 def test_resume_after_interruption_equals_uninterrupted_run_bitwise(base, tmp_path, monkeypatch):
