@@ -84,6 +84,7 @@ def rows(steps, n_prompts):
 LR_OF = {"SFT": "SFT", "SFT (10x prompts)": "SFT", "SFT (mix)": "SFT (mix)", "DFT": "DFT", "GFT": "GFT",
          "GFT (official optimiser)": "GFT", "GRPO": "GRPO"}
 GRID = ("SFT", "SFT (mix)", "DFT", "GFT", "GRPO")  # the methods whose rate is chosen; SFT (10x) takes SFT's
+ROW_ORDER = ["base", *LR_OF]  # tables' and figures' order
 
 
 def main():
@@ -97,7 +98,15 @@ def main():
     ap.add_argument("--regimes", default=",".join(REGIMES), help="comma-separated, of: " + ", ".join(REGIMES))
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default="", help="output folder (default results/regimes/ or results/regimes_quick/)")
+    ap.add_argument("--figures", default="", metavar="DIR",
+                    help="only draw the figures of a finished run from DIR/runs.jsonl (needs matplotlib)")
     a = ap.parse_args()
+    if a.figures:
+        if not os.path.exists(os.path.join(a.figures, "runs.jsonl")):
+            raise SystemExit(f"--figures {a.figures}: no runs.jsonl there (the output folder of a finished run)")
+        if not figures(a.figures):
+            raise SystemExit("--figures: matplotlib is not installed (pip install matplotlib)")
+        return
     regimes = a.regimes.split(",")
     for r in regimes:
         if r not in REGIMES:
@@ -229,11 +238,115 @@ def main():
     with open(os.path.join(out, "runs.jsonl"), "w") as f:
         for x in sweep + records:
             f.write(json.dumps({k: v for k, v in x.items() if k != "curve"}) + "\n")
+    with open(os.path.join(out, "curves.jsonl"), "w") as f:  # every row's evaluations during training
+        for x in records:
+            if x.get("curve") and not is_val(x):
+                f.write(json.dumps({k: x[k] for k in ("regime", "row", "base", "lr", "curve")}) + "\n")
     md = report(records, sweep, lrs, tau_of, bases, steps, total, a.quick, regimes)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(md)
     print(md)
+    figures(out)
     print(f"regimes finished in {total / 60:.1f} min; wrote {out}")
+
+
+# ----------------------------------------------------------------------------- figures (optional)
+
+def is_val(run):
+    """A learning-rate or tau run, judged on the val split (not a row of the tables)."""
+    return "--eval_split val" in run.get("command", "")
+
+
+def figures(out):
+    """PNGs from out/runs.jsonl (and out/curves.jsonl where present), one column per regime:
+    figures_curves.png  held-out greedy accuracy over training, each row on base 0
+    figures_passk.png   pass@k, k = 1..16, each row's mean over bases
+    figures_acc_kl.png  accuracy against KL(base || model) and against probe accuracy: every row on
+                        every base (filled; test split) and every learning-rate / tau run (hollow;
+                        val split), so "forgets less" can be told from "moved less"
+    Needs matplotlib (optional: the tables in results.md never do)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: figures skipped (results.md is complete without them)")
+        return []
+    runs = [json.loads(line) for line in open(os.path.join(out, "runs.jsonl"))]
+    cpath = os.path.join(out, "curves.jsonl")
+    curves = [json.loads(line) for line in open(cpath)] if os.path.exists(cpath) else []
+    regimes = [r for r in REGIMES if any(x["regime"] == r for x in runs)]
+    rows = list(dict.fromkeys(x["row"] for x in runs if x["row"] in ROW_ORDER))
+    rows.sort(key=ROW_ORDER.index)
+    colour = {n: f"C{i}" for i, n in enumerate(ROW_ORDER)}
+    made = []
+
+    def grid(name, title, n_rows=1):
+        fig, axes = plt.subplots(n_rows, len(regimes), figsize=(5 * len(regimes), 4 * n_rows), squeeze=False)
+        fig.suptitle(title)
+        return fig, axes
+
+    def save(fig, axes, name):
+        axes.flat[0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, name), dpi=90)
+        plt.close(fig)
+        made.append(os.path.join(out, name))
+
+    if curves:
+        fig, axes = grid("curves", "held-out greedy accuracy during training (base 0)")
+        for ax, r in zip(axes[0], regimes):
+            base = [x["metrics"]["acc_test"] for x in runs if x["regime"] == r and x["row"] == "base" and x["base"] == 0]
+            for c in curves:
+                if c["regime"] != r or c["base"] != 0:
+                    continue
+                fin = [x["metrics"] for x in runs if x["regime"] == r and x["row"] == c["row"] and x["base"] == 0
+                       and x.get("lr") == c["lr"] and not is_val(x)]
+                pts = [(0, base[0])] if base else []  # the base, then the evaluations, then the final one
+                pts += [(p["step"], p["acc_test"]) for p in c["curve"] if "acc_test" in p]
+                pts += [(fin[-1]["step"], fin[-1]["acc_test"])] if fin else []
+                ax.plot(*zip(*pts), marker="o", ms=3, label=c["row"], color=colour.get(c["row"]))
+            ax.set_title(r)
+            ax.set_xlabel("step")
+            ax.set_ylabel("accuracy")
+        save(fig, axes, "figures_curves.png")
+
+    fig, axes = grid("passk", "pass@k on held-out problems (mean over bases)")
+    for ax, r in zip(axes[0], regimes):
+        for n in rows:
+            ms = [x["metrics"] for x in runs if x["regime"] == r and x["row"] == n and not is_val(x)]
+            ks = sorted({int(k[5:]) for m in ms for k in m if k.startswith("pass@") and k[5:].isdigit()})
+            if ms and ks:
+                ax.plot(ks, [statistics.fmean(m.get(f"pass@{k}", float("nan")) for m in ms) for k in ks],
+                        marker="o", ms=3, label=n, color=colour[n])
+        ax.set_xscale("log", base=2)
+        ax.set_title(r)
+        ax.set_xlabel("k")
+        ax.set_ylabel("pass@k")
+    save(fig, axes, "figures_passk.png")
+
+    fig, axes = grid("acc_kl", "accuracy against KL(base || model) (top) and probe accuracy (bottom)", 2)
+    for j, r in enumerate(regimes):
+        for i, key in enumerate(("kl_base", "acc_probe")):
+            ax = axes[i][j]
+            for x in runs:
+                n = x["row"].split(" tau ")[0]
+                if x["regime"] != r or n not in colour or key not in x["metrics"]:
+                    continue
+                val = is_val(x)
+                ax.scatter(x["metrics"][key], x["metrics"]["acc_test"], s=18, color=colour[n],
+                           facecolors="none" if val else colour[n], label=None if val else n)
+            handles = dict(zip(*ax.get_legend_handles_labels()[::-1]))  # one legend entry per row
+            ax.legend(handles.values(), handles.keys(), fontsize=6)
+            ax.set_title(r)
+            ax.set_xlabel("KL(base || model)" if key == "kl_base" else "probe accuracy")
+            ax.set_ylabel("accuracy (filled: test; hollow: val)")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "figures_acc_kl.png"), dpi=90)
+    plt.close(fig)
+    made.append(os.path.join(out, "figures_acc_kl.png"))
+    print("figures: " + ", ".join(made))
+    return made
 
 
 def cell(vals, f=".3f"):

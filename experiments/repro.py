@@ -1,7 +1,12 @@
 """Reproduce the paper's claims in miniature: every row, several seeds, one command.
 
     python experiments/repro.py            # full: 3 seeds, about an hour on 2 CPU cores
-    python experiments/repro.py --quick    # 1 seed, 30-step runs, same rows, no lr sweep (see docs/results.md)
+    python experiments/repro.py --quick    # every regime in one pass: 1 seed, 30-step runs, no lr sweep
+
+--quick runs Table 1 and Table 2 below (the control regime), then part 2's off-policy and
+knowledge regimes on the same base (experiments/regimes.py --quick, written to <out>/regimes/);
+the Fig. 4 pipelines and Fig. 6 sweeps are the full run's only. Part 2's full protocol (three
+bases, lr grids, tau on val) is experiments/regimes.py on its own (docs/results.md).
 
 Each seed s has its own base model, pretrained with seed 1337 + s until train.py's gate is met,
 and every method of seed s starts from it, so the spread over seeds includes the base's. A
@@ -10,7 +15,8 @@ gets the same budget: STEPS optimiser steps of the same number of trained sequen
 (P prompts x K = 8 responses for group methods; P x 8 expert demonstrations for SFT and
 DFT), the same learning rate, the same prompt pool and the same evaluation. Runs are plain
 `python train.py ...` subprocesses, JOBS at a time with one thread each (on 2 cores two
-one-thread processes train ~1.7x faster than one two-thread process). Writes to --out:
+one-thread processes train ~1.7x faster than one two-thread process; a single base, as in
+--quick, pretrains alone with JOBS threads). Writes to --out:
     results.md      the tables (mean and spread over seeds; spread = min..max)
     runs.jsonl      one line per run: its row, seed, command, wall time and final metrics
     curves.jsonl    the logged training curves of the seed-0 runs
@@ -78,6 +84,8 @@ def rows(steps, n_prompts):
 
 
 SWEEP_ONLY = lambda name: name.startswith(("tau ", "demos:samples"))
+FULL_ONLY = lambda name: SWEEP_ONLY(name) or "->" in name  # not in --quick: Fig. 4 pipelines, Fig. 6 sweeps
+QUICK_REGIMES = "off-policy,knowledge"  # part 2 in --quick; its control is Table 1 here
 TABLES = {
     "Table 1: methods (paper Table 1)": ["base", "SFT (10x prompts)", "SFT", "DFT", "GFT", "GFT (no mix)", "GRPO"],
     "Table 2: ablations (paper Table 2 / Fig. 3)": ["GFT", "GFT w/o GAL", "GFT w/o DCR"],
@@ -152,7 +160,8 @@ def main():
         base_dir = os.path.join(runs_dir, f"base_s{seed}")
         cmd = ["pretrain", "--out", base_dir, "--seed", str(1337 + seed), "--steps", str(base_steps),
                "--log_every", "250", "--ckpt_every", "500", "--resume", "true", *dev, *ev_args]
-        t = launch(cmd, os.path.join(out, f"base_s{seed}.log")) if not _finished(base_dir) else 0.0
+        threads = max(1, a.jobs // seeds)  # one base alone (--quick) gets every job's thread
+        t = launch(cmd, os.path.join(out, f"base_s{seed}.log"), threads) if not _finished(base_dir) else 0.0
         ck = os.path.join(base_dir, "ckpt.pt")
         ev = os.path.join(runs_dir, f"base_eval_s{seed}")
         launch(["eval", "--init", ck, "--out", ev, "--seed", "0", *dev, *ev_args], ev + ".log")
@@ -198,7 +207,8 @@ def main():
 
     # 3. every row, in waves: a row starts once the row it starts from has finished
     done = {("base", s): ck for s, (_, ck) in enumerate(bases)}
-    pending = [(name, s) for name in recipe for s in range(1 if SWEEP_ONLY(name) else seeds)]
+    pending = [(name, s) for name in recipe if not (a.quick and FULL_ONLY(name))
+               for s in range(1 if SWEEP_ONLY(name) else seeds)]
     while pending:
         wave = [(n, s) for n, s in pending if (recipe[n][0], s) in done or recipe[n][0] == "base"]
         pending = [x for x in pending if x not in wave]
@@ -233,6 +243,15 @@ def main():
                     "--passk_n", "16" if a.quick else "64", "--kl_n", "8"], ev + ".log")
         passk[name] = {k: v for k, v in final_metrics(ev)[0].items() if k.startswith("pass@")}
         print(f"pass@k {name}: {t:.0f}s", flush=True)
+
+    # 5. --quick: part 2's other regimes on the same base, so one command shows every regime
+    if a.quick:
+        cmd = [sys.executable, os.path.join(ROOT, "experiments", "regimes.py"), "--quick", "--bases", base_ckpt,
+               "--regimes", QUICK_REGIMES, "--jobs", str(a.jobs), "--device", a.device,
+               "--out", os.path.join(out, "regimes")]
+        print(f"part 2 ({QUICK_REGIMES}): {' '.join(cmd[1:])}", flush=True)
+        if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+            raise SystemExit("error: part 2 (experiments/regimes.py --quick) failed; its log is above")
 
     total = time.time() - t_start
     with open(os.path.join(out, "runs.jsonl"), "w") as f:
@@ -273,6 +292,9 @@ def report(records, passk, seeds, steps, total, quick, sweep_records, lrs):
                  f"{m} " + " / ".join(f"{r['lr']:g}: {r['metrics']['acc_val']:.3f}" for r in sweep_records
                                        if r["row"] == f"lr sweep: {m}") + f" -> {lrs[m]:g}" for m in lrs) + "."), ""]
     for title, names in TABLES.items():
+        if quick and any(FULL_ONLY(n) for n in names):  # a figure of pipelines or sweeps
+            lines += [f"## {title}", "", "Full run only (`python experiments/repro.py`).", ""]
+            continue
         lines += [f"## {title}", "", "| row | " + " | ".join(COLS) + " | wall s |", "|---" * (len(COLS) + 2) + "|"]
         for n in names:
             rs = by.get(n, [])
@@ -291,6 +313,10 @@ def report(records, passk, seeds, steps, total, quick, sweep_records, lrs):
             lines.append(f"| {n} | " + " | ".join(cells) + f" | {wall:.0f} |")
         lines.append("")
     ks = sorted({int(k.split("@")[1]) for v in passk.values() for k in v if k.count("@") == 1 and "strict" not in k})
+    if quick:
+        lines += ["## Part 2: the off-policy and knowledge regimes", "",
+                  "On the same base, 30 steps per run: `regimes/results.md` beside this file "
+                  "(experiments/regimes.py --quick; the control regime is Table 1 above).", ""]
     lines += [f"## Table 4: pass@k from {max(ks, default=0)} samples per problem (seed 0, held-out problems)", "",
               "| model | " + " | ".join(f"pass@{k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
     for name, v in passk.items():
