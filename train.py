@@ -74,9 +74,9 @@ class Config:
     tokenizer: str = opt("bytes", "bytes (built in, offline) or a named tiktoken encoding")
     n_prompts: int = opt(2000, "fine-tuning prompt pool size (the paper's 10k groups, scaled down)", lo=1)
     teacher_error: float = opt(D.TEACHER_ERROR, "chance that a built-in teacher solution has a slip", lo=0.0, hi=1.0)
-    expert_style: str = opt("chain", "the built-in expert's form: chain (as pretraining writes it: the control) or "
-                            "tree (pairwise sums, never in pretraining: the off-policy regime)",
-                            choices=tuple(D.EXPERT_STYLES))
+    expert_style: str = opt("", "the built-in expert's form: chain (as pretraining writes it: the control) or "
+                            "tree (pairwise sums, never in pretraining: the off-policy regime); unset: chain, "
+                            "and tree for the demo", choices=tuple(D.EXPERT_STYLES))
     digits: int = opt(2, "digits per operand of the built-in fine-tuning and held-out problems; pretraining "
                       "always has 2, so 3 is knowledge the base lacks (the probe stays pretraining's)", lo=1, hi=6)
     sft_teachers: int = opt(0, "sft/dft: correct teacher solutions per prompt beside its expert, SFT(mix); "
@@ -136,7 +136,7 @@ MODE_DEFAULTS = {  # steps and lr per mode; --steps / --lr override
     "gft": dict(steps=150, lr=3e-5, n_rollout=4),  # the paper's K = 1 expert + 3 teachers + 4 rollouts
     "grpo": dict(steps=150, lr=3e-5, n_rollout=8),  # the same group size K = 8, all rollouts
     "eval": dict(steps=0, lr=0.0),
-    "demo": dict(steps=0, lr=0.0),
+    "demo": dict(steps=0, lr=0.0, expert_style="tree"),  # the demo shows the paper's premise: an off-policy expert
 }
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "rope")  # Config fields that are GPTConfig's
 RUN_KEYS_IGNORED_ON_RESUME = {"resume", "override", "device", "compile", "fast_decode", "log_every", "eval_every",
@@ -180,7 +180,7 @@ def _bool(s):
 
 def fill_defaults(cfg):
     """Replace the 'mode default' sentinels (steps 0, lr 0, warmup -1, schedule '', n_rollout -1,
-    out '') with the mode's values, and pretrain's unset model fields with GPTConfig's."""
+    expert_style '', out '') with the mode's values, and pretrain's unset model fields with GPTConfig's."""
     d = MODE_DEFAULTS.get(cfg.mode)
     if d is None:  # an unknown mode: check_config names it
         return cfg
@@ -189,6 +189,7 @@ def fill_defaults(cfg):
     cfg.warmup = d.get("warmup", 20) if cfg.warmup == -1 else cfg.warmup
     cfg.schedule = cfg.schedule or d.get("schedule", "cosine")
     cfg.n_rollout = d.get("n_rollout", 4) if cfg.n_rollout == -1 else cfg.n_rollout
+    cfg.expert_style = cfg.expert_style or d.get("expert_style", "chain")
     cfg.out = cfg.out or os.path.join("out", cfg.mode)
     if not cfg.init:  # a new model: GPTConfig's defaults for what is not given
         for k in MODEL_KEYS:
@@ -990,12 +991,20 @@ def _trim_metrics(path, step):
 
 # ----------------------------------------------------------------------------- demo
 
+DEMO_STEPS = 30  # the demo's SFT and GFT steps: enough for an off-policy expert to show its pull, and the
+# whole demo about 5 minutes on 2 CPU cores (a quick regimes run showed the same at 30 steps: docs/results.md)
+
+
 def demo(cfg):
-    """The main job: pretrain a base (or reuse it), SFT and GFT from it on the same prompts and
-    the same number of trained sequences per step, then one table. 5 to 10 minutes on 2 CPU
-    cores. Only --out, --seed, --device and the evaluation sizes apply; the recipe is fixed."""
-    print("demo: pretrain a base model (or reuse one), fine-tune it with SFT and with GFT on the same\n"
-          "prompts, evaluate all three. 5 to 10 minutes on 2 CPU cores (half that when the base is reused).")
+    """The main job: pretrain a base (or reuse it), then SFT and GFT from it on an expert written in
+    a form pretraining never shows (--expert_style tree: the paper's premise, an off-policy expert),
+    the same prompts and the same number of trained sequences per step; one table, then what it
+    says. About 5 minutes on 2 CPU cores. --expert_style chain runs the control (the expert as
+    pretraining writes). Only --out, --seed, --device, --expert_style and the evaluation sizes apply."""
+    style = cfg.expert_style
+    print(f"demo: pretrain a base model (or reuse one), fine-tune it with SFT and with GFT on {style}-form expert\n"
+          f"solutions ({'never in pretraining: off-policy' if style == 'tree' else 'as pretraining writes: the control'}),"
+          f" evaluate all three. About 5 minutes on 2 CPU cores (half that when the base is reused).")
     t0 = time.time()
     root = cfg.out
     base_ckpt = os.path.join(root, "base", "ckpt.pt")
@@ -1009,11 +1018,17 @@ def demo(cfg):
         rows["base"] = run(make_config(mode="pretrain", out=os.path.dirname(base_ckpt), resume=True, log_every=250,
                                        **common))
     require_base_in_band(rows["base"], base_ckpt)  # a base outside the band makes the table meaningless
-    gft_cfg = make_config(mode="gft", init=base_ckpt, out=os.path.join(root, "gft"), log_every=25, **common)
+    # the premise, measured: how likely each form of the same solutions is under the base
+    base = model_from_checkpoint(load_checkpoint(base_ckpt), base_ckpt).to(pick_device(cfg.device)).eval()
+    tok = D.Tokenizer()
+    lp = {s: expert_logprob(base, tok, D.make_split("train", 64, seed=cfg.seed, cfg=D.TaskConfig(expert_style=s)))
+          for s in ("chain", style)}
+    print(f"premise: under the base, {style}-form solutions average log-prob {lp[style]:.2f} per token, "
+          f"chain-form ones (pretraining's) {lp['chain']:.2f}")
+    fine = dict(init=base_ckpt, steps=DEMO_STEPS, expert_style=style, log_every=10, **common)
+    gft_cfg = make_config(mode="gft", out=os.path.join(root, f"gft_{style}"), **fine)
     group = gft_cfg.prompts_per_step * (gft_cfg.n_expert + gft_cfg.n_teacher + gft_cfg.n_rollout)  # sequences per GFT step
-    sft_cfg = make_config(mode="sft", init=base_ckpt, out=os.path.join(root, "sft"), log_every=25, batch_size=group,
-                          **common)
-    rows["sft"] = run(sft_cfg)
+    rows["sft"] = run(make_config(mode="sft", out=os.path.join(root, f"sft_{style}"), batch_size=group, **fine))
     rows["gft"] = run(gft_cfg)
     cols = ["acc_test", "acc_ood", "acc_probe", "pass@1", "pass@16", "pass@1_strict", "paths", "entropy", "kl_base"]
     print(f"\nheld-out results ({cfg.eval_n} problems per split; pass@k from {cfg.passk_n} samples of "
@@ -1022,8 +1037,36 @@ def demo(cfg):
     print("|---" * (len(cols) + 1) + "|")
     for name, r in rows.items():
         print(f"| {name} | " + " | ".join(f"{r[c]:.3f}" if c in r else "-" for c in cols) + " |")
+    print("\n" + demo_reading(rows, lp, style))
     print(f"demo took {(time.time() - t0) / 60:.1f} min")
     return rows
+
+
+def demo_reading(rows, lp, style):
+    """Two or three plain sentences that read the demo's own table (nothing in them is fixed in advance)."""
+    b, s, g = (rows[k]["acc_test"] for k in ("base", "sft", "gft"))
+    ks, kg = rows["sft"]["kl_base"], rows["gft"]["kl_base"]
+    lead = "above" if g > s else "below" if g < s else "level with"
+    first = (f"On {style}-form demonstrations (log-prob {lp[style]:.2f} per token under the base, against "
+             f"{lp['chain']:.2f} for the form it writes), {DEMO_STEPS} steps of SFT took held-out accuracy from "
+             f"{b:.2f} to {s:.2f} and GFT to {g:.2f}, {lead} SFT, with {'less' if kg < ks else 'more'} drift from "
+             f"the base (KL {kg:.3f} against {ks:.3f}).")
+    other = "chain" if style == "tree" else "tree"
+    return (first + "\nOne base, one learning rate: an illustration, not a finding; the pre-registered comparison "
+            "over three bases and every rate is in README \"Results\".\nThe other regime, on the same base: "
+            f"python train.py --expert_style {other}")
+
+
+@torch.no_grad()
+def expert_logprob(model, tok, problems):
+    """Mean log-prob per token of the problems' expert solutions (and end of text) under model:
+    how likely the demonstrations are for it (SFT weighs each token by 1/p)."""
+    dev = next(model.parameters()).device
+    b = gft.flatten_groups(expert_groups(tok, problems), tok.pad_id)
+    tokens, mask = b.tokens.to(dev), b.resp_mask.to(dev)
+    with autocast(dev):
+        lp, _ = model.token_logprobs(tokens, mask, with_entropy=False)
+    return float(lp[mask[:, 1:]].mean())
 
 
 def main(argv=None):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings, strategies as st
 import torch
 
 import train
@@ -203,3 +204,14 @@ def test_kl_to_base_is_zero_for_the_base_itself_and_measured_on_the_base_s_own_s
     assert on_base != train.base_sample_groups(model, tok, anchors, 48)
     r = train.evaluate(model, tok, splits, cfg, base=same)
     assert r["kl_base_samples"] == train.kl_to_base(model, same, tok, on_base) > 0
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.floats(0, 1), st.floats(0, 1), st.floats(0, 1), st.floats(0, 2), st.floats(0, 2))
+def test_demo_reading_reads_its_own_table(b, s, g, ks, kg):
+    rows = {"base": {"acc_test": b}, "sft": {"acc_test": s, "kl_base": ks}, "gft": {"acc_test": g, "kl_base": kg}}
+    text = train.demo_reading(rows, {"tree": -2.5, "chain": -0.05}, "tree")
+    assert f"from {b:.2f} to {s:.2f} and GFT to {g:.2f}" in text
+    assert ("above SFT" if g > s else "below SFT" if g < s else "level with SFT") in text
+    assert ("less drift" if kg < ks else "more drift") in text and f"KL {kg:.3f} against {ks:.3f}" in text
+    assert "python train.py --expert_style chain" in text  # the pointer to the control
