@@ -308,7 +308,8 @@ class GPT(nn.Module):
         idx (B, T) prompts, left-padded; pad_mask (B, T) bool, True at real tokens (None: no
         padding). temperature 0 = greedy. A row stops after it emits eos_id; later slots are
         pad_id. use_cache=False recomputes the whole prefix every step (tests, benchmarks).
-        fast=True decodes with `fast_generate` (end of this file; opt-in, CUDA graphs on GPU):
+        fast=True decodes with `fast_generate` (end of this file; CUDA graphs on GPU; train.py's
+        rollouts use it by default on CUDA):
         the same tokens for the same generator.
         Returns Generation(tokens (B, max_new_tokens), lengths (B,), stopped (B,)).
         """
@@ -390,7 +391,8 @@ class GPT(nn.Module):
         return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
-# ----------------------------------------------------------------------------- fast decode (opt-in)
+# ----------------------------------------------------------------------------- fast decode
+# (opt-in here; train.py's rollouts use it by default on CUDA)
 # GPT.generate above is the path to read. On a GPU its one-token steps are bound by per-step
 # overhead (Python, kernel launches, host syncs), not by the GPU (issue 13). fast_generate
 # removes that overhead and nothing else: every decode step has the same tensor shapes, so on

@@ -58,7 +58,8 @@ class Config:
     seed: int = opt(1337, "drives data, sampling and init", lo=0)
     device: str = opt("auto", "auto (cuda if present, else cpu), cpu, cuda, cuda:N")
     compile: bool = opt(False, "torch.compile the model (GPU; slow to start on CPU)")
-    fast_decode: bool = opt(None, "rollouts by GPT.generate(fast=True): fixed-shape KV-cache steps, a CUDA graph "
+    fast_decode: bool = opt(None,  # None (unset): decided by the device in sample_rollouts
+                            "rollouts by GPT.generate(fast=True): fixed-shape KV-cache steps, a CUDA graph "
                             "on GPU, a stop check every 16 tokens; eager's tokens on CPU (tested); unset: on for "
                             "CUDA (5x the eager cache's tokens/s on an H200), off for CPU (no faster there)")
     # model: unset (None) = model.GPTConfig's default for pretrain, the --init checkpoint's otherwise;
@@ -217,6 +218,9 @@ def check_config(cfg):
                          f"({1 + cfg.sft_teachers}): each prompt brings its expert and its teachers")
     if cfg.sft_teachers and cfg.mode not in ("sft", "dft"):
         raise ValueError(f"--sft_teachers {cfg.sft_teachers} is for sft/dft (gft's groups take --n_teacher)")
+    if cfg.mode == "demo" and cfg.data:
+        raise ValueError(f"--data {cfg.data}: the demo runs the built-in task; fine-tune on your data with "
+                         f"the sft / dft / gft / grpo modes (docs/data.md)")
     if cfg.mode == "pretrain" and (cfg.expert_style != "chain" or cfg.digits != 2):
         raise ValueError(f"--expert_style {cfg.expert_style} / --digits {cfg.digits} are fine-tuning settings; "
                          f"pretraining always writes 2-digit running sums (leave them at chain / 2)")
@@ -991,8 +995,8 @@ def _trim_metrics(path, step):
 
 # ----------------------------------------------------------------------------- demo
 
-DEMO_STEPS = 30  # the demo's SFT and GFT steps: enough for an off-policy expert to show its pull, and the
-# whole demo about 5 minutes on 2 CPU cores (a quick regimes run showed the same at 30 steps: docs/results.md)
+DEMO_STEPS = 30  # the demo's SFT and GFT steps (20 of them warm-up, as in the quick regimes run that showed
+# the off-policy expert's pull at 30 steps: docs/results.md); keeps the whole demo near 5 minutes on 2 CPU cores
 
 
 def demo(cfg):
@@ -1002,9 +1006,10 @@ def demo(cfg):
     says. About 5 minutes on 2 CPU cores. --expert_style chain runs the control (the expert as
     pretraining writes). Only --out, --seed, --device, --expert_style and the evaluation sizes apply."""
     style = cfg.expert_style
+    regime = "never in pretraining: off-policy" if style != "chain" else "as pretraining writes: the control"
     print(f"demo: pretrain a base model (or reuse one), fine-tune it with SFT and with GFT on {style}-form expert\n"
-          f"solutions ({'never in pretraining: off-policy' if style == 'tree' else 'as pretraining writes: the control'}),"
-          f" evaluate all three. About 5 minutes on 2 CPU cores (half that when the base is reused).")
+          f"solutions ({regime}), evaluate all three. About 5 minutes on 2 CPU cores (half that when the base is "
+          f"reused).")
     t0 = time.time()
     root = cfg.out
     base_ckpt = os.path.join(root, "base", "ckpt.pt")
@@ -1013,7 +1018,7 @@ def demo(cfg):
     rows = {}
     if os.path.exists(base_ckpt) and load_checkpoint(base_ckpt).get("finished"):
         print(f"reusing base model {base_ckpt} (delete it to retrain)")
-        rows["base"] = run(make_config(mode="eval", init=base_ckpt, **common))
+        rows["base"] = run(make_config(mode="eval", init=base_ckpt, out=os.path.join(root, "base_eval"), **common))
     else:  # pretraining ends with the same evaluation
         rows["base"] = run(make_config(mode="pretrain", out=os.path.dirname(base_ckpt), resume=True, log_every=250,
                                        **common))
@@ -1022,39 +1027,44 @@ def demo(cfg):
     base = model_from_checkpoint(load_checkpoint(base_ckpt), base_ckpt).to(pick_device(cfg.device)).eval()
     tok = D.Tokenizer()
     lp = {s: expert_logprob(base, tok, D.make_split("train", 64, seed=cfg.seed, cfg=D.TaskConfig(expert_style=s)))
-          for s in ("chain", style)}
-    print(f"premise: under the base, {style}-form solutions average log-prob {lp[style]:.2f} per token, "
-          f"chain-form ones (pretraining's) {lp['chain']:.2f}")
+          for s in D.EXPERT_STYLES}
+    print("premise: under the base, expert solutions average log-prob per token "
+          + ", ".join(f"{lp[s]:.2f} in {s} form" for s in D.EXPERT_STYLES) + " (chain: as pretraining writes)")
     fine = dict(init=base_ckpt, steps=DEMO_STEPS, expert_style=style, log_every=10, **common)
     gft_cfg = make_config(mode="gft", out=os.path.join(root, f"gft_{style}"), **fine)
     group = gft_cfg.prompts_per_step * (gft_cfg.n_expert + gft_cfg.n_teacher + gft_cfg.n_rollout)  # sequences per GFT step
     rows["sft"] = run(make_config(mode="sft", out=os.path.join(root, f"sft_{style}"), batch_size=group, **fine))
     rows["gft"] = run(gft_cfg)
-    cols = ["acc_test", "acc_ood", "acc_probe", "pass@1", "pass@16", "pass@1_strict", "paths", "entropy", "kl_base"]
+    cols = ["acc_test", "acc_ood", "acc_probe", "pass@1", "pass@16", "pass@1_strict", "paths", "entropy", "kl_base",
+            "kl_base_samples"]
     print(f"\nheld-out results ({cfg.eval_n} problems per split; pass@k from {cfg.passk_n} samples of "
-          f"{cfg.passk_problems} problems; kl = KL(base || model) per token)")
+          f"{cfg.passk_problems} problems; kl = KL(base || model) per token, on expert solutions and on the "
+          f"base's own samples)")
     print("| model | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
     for name, r in rows.items():
         print(f"| {name} | " + " | ".join(f"{r[c]:.3f}" if c in r else "-" for c in cols) + " |")
-    print("\n" + demo_reading(rows, lp, style))
+    print("\n" + demo_reading(rows, lp, style, root))
     print(f"demo took {(time.time() - t0) / 60:.1f} min")
     return rows
 
 
-def demo_reading(rows, lp, style):
-    """Two or three plain sentences that read the demo's own table (nothing in them is fixed in advance)."""
-    b, s, g = (rows[k]["acc_test"] for k in ("base", "sft", "gft"))
-    ks, kg = rows["sft"]["kl_base"], rows["gft"]["kl_base"]
+def demo_reading(rows, lp, style, out):
+    """Plain sentences that read the demo's own table: rows {name: final metrics}, lp {style: mean
+    log-prob per token under the base}; nothing in them is fixed in advance."""
+    b, s, g = (round(rows[k]["acc_test"], 2) for k in ("base", "sft", "gft"))  # compared as printed
+    ks, kg = (round(rows[k]["kl_base_samples"], 3) for k in ("sft", "gft"))
     lead = "above" if g > s else "below" if g < s else "level with"
-    first = (f"On {style}-form demonstrations (log-prob {lp[style]:.2f} per token under the base, against "
-             f"{lp['chain']:.2f} for the form it writes), {DEMO_STEPS} steps of SFT took held-out accuracy from "
-             f"{b:.2f} to {s:.2f} and GFT to {g:.2f}, {lead} SFT, with {'less' if kg < ks else 'more'} drift from "
-             f"the base (KL {kg:.3f} against {ks:.3f}).")
-    other = "chain" if style == "tree" else "tree"
-    return (first + "\nOne base, one learning rate: an illustration, not a finding; the pre-registered comparison "
-            "over three bases and every rate is in README \"Results\".\nThe other regime, on the same base: "
-            f"python train.py --expert_style {other}")
+    drift = "less" if kg < ks else "more" if kg > ks else "the same"
+    form = (f"{style}-form demonstrations (log-prob {lp[style]:.2f} per token under the base, against "
+            f"{lp['chain']:.2f} for the form it writes)" if style != "chain" else
+            f"chain-form demonstrations, the form the base writes (log-prob {lp['chain']:.2f} per token)")
+    other = "chain" if style != "chain" else "tree"
+    return (f"On {form}, {DEMO_STEPS} steps of SFT took held-out accuracy from {b:.2f} to {s:.2f} and GFT to "
+            f"{g:.2f}, {lead} SFT, with {drift} drift from the base on its own samples (KL {kg:.3f} against "
+            f"{ks:.3f}).\nOne base, one learning rate: an illustration, not a finding; the pre-registered "
+            f"comparison over three bases and every rate is in README \"Results\".\nThe other regime, on the "
+            f"same base: python train.py --expert_style {other} --out {out}")
 
 
 @torch.no_grad()

@@ -276,25 +276,25 @@ def figures(out):
     cpath = os.path.join(out, "curves.jsonl")
     curves = [json.loads(line) for line in open(cpath)] if os.path.exists(cpath) else []
     regimes = [r for r in REGIMES if any(x["regime"] == r for x in runs)]
-    rows = list(dict.fromkeys(x["row"] for x in runs if x["row"] in ROW_ORDER))
-    rows.sort(key=ROW_ORDER.index)
+    names = sorted({x["row"] for x in runs if x["row"] in ROW_ORDER}, key=ROW_ORDER.index)
     colour = {n: f"C{i}" for i, n in enumerate(ROW_ORDER)}
     made = []
 
-    def grid(name, title, n_rows=1):
+    def grid(title, n_rows=1):
         fig, axes = plt.subplots(n_rows, len(regimes), figsize=(5 * len(regimes), 4 * n_rows), squeeze=False)
         fig.suptitle(title)
         return fig, axes
 
-    def save(fig, axes, name):
-        axes.flat[0].legend(fontsize=7)
+    def save(fig, axes, name, legend=True):
+        if legend:
+            axes.flat[0].legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(os.path.join(out, name), dpi=90)
         plt.close(fig)
         made.append(os.path.join(out, name))
 
     if curves:
-        fig, axes = grid("curves", "held-out greedy accuracy during training (base 0)")
+        fig, axes = grid("held-out greedy accuracy during training (base 0)")
         for ax, r in zip(axes[0], regimes):
             base = [x["metrics"]["acc_test"] for x in runs if x["regime"] == r and x["row"] == "base" and x["base"] == 0]
             for c in curves:
@@ -311,9 +311,9 @@ def figures(out):
             ax.set_ylabel("accuracy")
         save(fig, axes, "figures_curves.png")
 
-    fig, axes = grid("passk", "pass@k on held-out problems (mean over bases)")
+    fig, axes = grid("pass@k on held-out problems (mean over bases)")
     for ax, r in zip(axes[0], regimes):
-        for n in rows:
+        for n in names:
             ms = [x["metrics"] for x in runs if x["regime"] == r and x["row"] == n and not is_val(x)]
             ks = sorted({int(k[5:]) for m in ms for k in m if k.startswith("pass@") and k[5:].isdigit()})
             if ms and ks:
@@ -325,7 +325,7 @@ def figures(out):
         ax.set_ylabel("pass@k")
     save(fig, axes, "figures_passk.png")
 
-    fig, axes = grid("acc_kl", "accuracy against KL(base || model) (top) and probe accuracy (bottom)", 2)
+    fig, axes = grid("accuracy against KL(base || model) (top) and probe accuracy (bottom)", 2)
     for j, r in enumerate(regimes):
         for i, key in enumerate(("kl_base", "acc_probe")):
             ax = axes[i][j]
@@ -341,10 +341,7 @@ def figures(out):
             ax.set_title(r)
             ax.set_xlabel("KL(base || model)" if key == "kl_base" else "probe accuracy")
             ax.set_ylabel("accuracy (filled: test; hollow: val)")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "figures_acc_kl.png"), dpi=90)
-    plt.close(fig)
-    made.append(os.path.join(out, "figures_acc_kl.png"))
+    save(fig, axes, "figures_acc_kl.png", legend=False)  # each panel has its own legend
     print("figures: " + ", ".join(made))
     return made
 

@@ -132,7 +132,8 @@ def final_metrics(out):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="1 seed, shorter runs, same rows (~15 min)")
+    ap.add_argument("--quick", action="store_true", help="every regime in one pass: 1 seed, 30-step runs, Tables 1-2 "
+                    "and part 2's off-policy and knowledge regimes (no pipelines, sweeps or lr grid)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds for Table 1, Table 2 and Fig. 4 rows")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     ap.add_argument("--out", default="", help="output folder (default results/ or results/quick/)")
@@ -247,7 +248,7 @@ def main():
     # 5. --quick: part 2's other regimes on the same base, so one command shows every regime
     if a.quick:
         cmd = [sys.executable, os.path.join(ROOT, "experiments", "regimes.py"), "--quick", "--bases", base_ckpt,
-               "--regimes", QUICK_REGIMES, "--jobs", str(a.jobs), "--device", a.device,
+               "--regimes", QUICK_REGIMES, "--steps", str(steps), "--jobs", str(a.jobs), "--device", a.device,
                "--out", os.path.join(out, "regimes")]
         print(f"part 2 ({QUICK_REGIMES}): {' '.join(cmd[1:])}", flush=True)
         if subprocess.run(cmd, cwd=ROOT).returncode != 0:
@@ -315,7 +316,7 @@ def report(records, passk, seeds, steps, total, quick, sweep_records, lrs):
     ks = sorted({int(k.split("@")[1]) for v in passk.values() for k in v if k.count("@") == 1 and "strict" not in k})
     if quick:
         lines += ["## Part 2: the off-policy and knowledge regimes", "",
-                  "On the same base, 30 steps per run: `regimes/results.md` beside this file "
+                  f"On the same base, {steps} steps per run: `regimes/results.md` beside this file "
                   "(experiments/regimes.py --quick; the control regime is Table 1 above).", ""]
     lines += [f"## Table 4: pass@k from {max(ks, default=0)} samples per problem (seed 0, held-out problems)", "",
               "| model | " + " | ".join(f"pass@{k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]

@@ -499,3 +499,13 @@ def test_fast_decode_with_learned_positions_equals_eager():
     idx, mask = left_pad(RAGGED)
     a, b = (model.generate(idx, 30, temperature=0, pad_mask=mask, fast=fast) for fast in (False, True))
     assert torch.equal(a.tokens, b.tokens)
+
+
+def test_loss_is_bitwise_cross_entropy_in_float32():
+    """forward spells cross-entropy as log-softmax (float32, read from the logits' dtype) + NLL."""
+    model = random_model()
+    x = torch.randint(0, 256, (3, 33))
+    y = x[:, 1:].clone()
+    y[0, :5] = -1  # ignored targets
+    logits, loss = model(x[:, :-1], y)
+    assert torch.equal(loss, F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1))

@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
-from hypothesis import given, settings, strategies as st
 import torch
 
+import data as D
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -206,12 +206,76 @@ def test_kl_to_base_is_zero_for_the_base_itself_and_measured_on_the_base_s_own_s
     assert r["kl_base_samples"] == train.kl_to_base(model, same, tok, on_base) > 0
 
 
-@settings(max_examples=30, deadline=None)
-@given(st.floats(0, 1), st.floats(0, 1), st.floats(0, 1), st.floats(0, 2), st.floats(0, 2))
-def test_demo_reading_reads_its_own_table(b, s, g, ks, kg):
-    rows = {"base": {"acc_test": b}, "sft": {"acc_test": s, "kl_base": ks}, "gft": {"acc_test": g, "kl_base": kg}}
-    text = train.demo_reading(rows, {"tree": -2.5, "chain": -0.05}, "tree")
-    assert f"from {b:.2f} to {s:.2f} and GFT to {g:.2f}" in text
-    assert ("above SFT" if g > s else "below SFT" if g < s else "level with SFT") in text
-    assert ("less drift" if kg < ks else "more drift") in text and f"KL {kg:.3f} against {ks:.3f}" in text
-    assert "python train.py --expert_style chain" in text  # the pointer to the control
+# ----------------------------------------------------------------------------- the demo
+
+LP = {"chain": -0.05, "tree": -2.5}
+
+
+def metrics(acc, kl=None):
+    return {"acc_test": acc, **({"kl_base_samples": kl} if kl is not None else {})}
+
+
+@pytest.mark.parametrize("accs, kls, says", [
+    ((0.65, 0.20, 0.75), (0.020, 0.002), ("from 0.65 to 0.20 and GFT to 0.75, above SFT", "less drift",
+                                          "KL 0.002 against 0.020")),
+    ((0.65, 0.90, 0.70), (0.010, 0.030), ("from 0.65 to 0.90 and GFT to 0.70, below SFT", "more drift")),
+    ((0.65, 0.749, 0.751), (0.0101, 0.0099), ("and GFT to 0.75, level with SFT", "the same drift")),  # as printed
+])
+def test_demo_reading_reads_its_own_table(accs, kls, says):
+    rows = {"base": metrics(accs[0]), "sft": metrics(accs[1], kls[0]), "gft": metrics(accs[2], kls[1])}
+    text = train.demo_reading(rows, LP, "tree", "out/d")
+    assert all(x in text for x in says), text
+    assert "tree-form demonstrations (log-prob -2.50 per token under the base, against -0.05" in text
+    assert text.endswith("python train.py --expert_style chain --out out/d")  # the control, on the same base
+
+
+def test_demo_reading_of_the_control_names_one_form_and_points_to_the_off_policy_regime():
+    rows = {"base": metrics(0.6), "sft": metrics(0.9, 0.05), "gft": metrics(0.8, 0.02)}
+    text = train.demo_reading(rows, LP, "chain", "out/demo")
+    assert "chain-form demonstrations, the form the base writes (log-prob -0.05" in text and "tree" in text
+    assert text.endswith("python train.py --expert_style tree --out out/demo")
+
+
+def test_expert_style_default_is_tree_for_the_demo_and_chain_elsewhere():
+    assert train.make_config(mode="demo").expert_style == "tree"
+    assert train.make_config(mode="gft", init="x.pt").expert_style == "chain"
+    assert train.make_config(mode="demo", expert_style="chain").expert_style == "chain"
+    with pytest.raises(ValueError, match="the demo runs the built-in task"):
+        train.make_config(mode="demo", data="x.jsonl")
+
+
+def test_demo_fine_tunes_sft_and_gft_on_its_style_for_demo_steps_from_its_base(base, tmp_path, monkeypatch):
+    root = tmp_path / "demo"
+    (root / "base").mkdir(parents=True)
+    ck = train.load_checkpoint(base)
+    train.save_checkpoint(str(root / "base" / "ckpt.pt"), **dict(ck, finished=True))
+    seen = []
+
+    def fake_run(cfg):  # every metric the demo reads, in the band for the base
+        seen.append(cfg)
+        return {"acc_test": 0.5, "pass@1": 0.3, "kl_base": 0.01, "kl_base_samples": 0.01}
+    monkeypatch.setattr(train, "run", fake_run)
+    train.main(["--out", str(root), "--eval_n", "4"])
+    ev, sft, gft_ = seen
+    assert ev.mode == "eval" and ev.out == str(root / "base_eval")
+    assert (sft.mode, gft_.mode) == ("sft", "gft")
+    for c in (sft, gft_):
+        assert c.steps == train.DEMO_STEPS and c.expert_style == "tree" and c.init == str(root / "base" / "ckpt.pt")
+        assert c.out == str(root / f"{c.mode}_tree")
+    assert sft.batch_size == gft_.prompts_per_step * (gft_.n_expert + gft_.n_teacher + gft_.n_rollout)
+
+
+def test_expert_logprob_is_the_mean_over_expert_tokens_one_sequence_at_a_time(base):
+    model = train.model_from_checkpoint(train.load_checkpoint(base)).eval()
+    tok = D.Tokenizer()
+    probs = D.make_split("train", 5, seed=3, cfg=D.TaskConfig(expert_style="tree"))
+    total, n = 0.0, 0
+    for p in probs:  # the obvious way: each sequence alone, log p of every response token after its prefix
+        prompt, resp = tok.encode(p.prompt), tok.encode(p.expert) + [tok.eos_id]
+        seq = torch.tensor([prompt + resp])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(seq[:, :-1])[0][0].double(), -1)
+        for t in range(len(prompt), seq.size(1)):
+            total += float(logp[t - 1, seq[0, t]])
+            n += 1
+    assert train.expert_logprob(model, tok, probs) == pytest.approx(total / n, abs=1e-5)
