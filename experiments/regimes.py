@@ -281,7 +281,7 @@ def figures(out):
     made = []
 
     def grid(title, n_rows=1):
-        fig, axes = plt.subplots(n_rows, len(regimes), figsize=(5 * len(regimes), 4 * n_rows), squeeze=False)
+        fig, axes = plt.subplots(n_rows, len(regimes), figsize=(max(8, 5 * len(regimes)), 4 * n_rows), squeeze=False)
         fig.suptitle(title)
         return fig, axes
 
