@@ -996,19 +996,19 @@ def _trim_metrics(path, step):
 # ----------------------------------------------------------------------------- demo
 
 DEMO_STEPS = 30  # the demo's SFT and GFT steps (20 of them warm-up, as in the quick regimes run that showed
-# the off-policy expert's pull at 30 steps: docs/results.md); keeps the whole demo near 5 minutes on 2 CPU cores
+# the off-policy expert's pull at 30 steps: docs/results.md); the whole demo took 3.4 minutes on 2 CPU cores
 
 
 def demo(cfg):
     """The main job: pretrain a base (or reuse it), then SFT and GFT from it on an expert written in
     a form pretraining never shows (--expert_style tree: the paper's premise, an off-policy expert),
     the same prompts and the same number of trained sequences per step; one table, then what it
-    says. About 5 minutes on 2 CPU cores. --expert_style chain runs the control (the expert as
+    says. About 3.5 minutes on 2 CPU cores. --expert_style chain runs the control (the expert as
     pretraining writes). Only --out, --seed, --device, --expert_style and the evaluation sizes apply."""
     style = cfg.expert_style
     regime = "never in pretraining: off-policy" if style != "chain" else "as pretraining writes: the control"
     print(f"demo: pretrain a base model (or reuse one), fine-tune it with SFT and with GFT on {style}-form expert\n"
-          f"solutions ({regime}), evaluate all three. About 5 minutes on 2 CPU cores (half that when the base is "
+          f"solutions ({regime}), evaluate all three. About 3.5 minutes on 2 CPU cores (less when the base is "
           f"reused).")
     t0 = time.time()
     root = cfg.out

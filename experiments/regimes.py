@@ -84,7 +84,7 @@ def rows(steps, n_prompts):
 LR_OF = {"SFT": "SFT", "SFT (10x prompts)": "SFT", "SFT (mix)": "SFT (mix)", "DFT": "DFT", "GFT": "GFT",
          "GFT (official optimiser)": "GFT", "GRPO": "GRPO"}
 GRID = ("SFT", "SFT (mix)", "DFT", "GFT", "GRPO")  # the methods whose rate is chosen; SFT (10x) takes SFT's
-ROW_ORDER = ["base", *LR_OF]  # tables' and figures' order
+ROW_ORDER = ["base", *LR_OF]  # the figures' order and colours
 
 
 def main():
