@@ -24,7 +24,9 @@ Splits are disjoint by construction: a problem's split bucket is a hash of its p
     test   held-out, same distribution as train
     ood    harder: TaskConfig.ood_ops operands
     probe  forgetting probe: two-operand subtraction ("Q:85-23="), present in pretraining,
-           never in fine-tuning
+           never in fine-tuning (bases solve only 10-30% of it greedily)
+    easy   a second forgetting probe, one the base has mastered: two-operand sums
+           ("Q:23+45="), held out, never in fine-tuning (bases solve 87-96% greedily)
 """
 import json
 import os
@@ -225,10 +227,12 @@ class TaskConfig:
                              f"with a positive sum, got {self.base_mix}")
 
 
-SPLITS = ("base", "train", "val", "test", "ood", "probe")
+SPLITS = ("base", "train", "val", "test", "ood", "probe", "easy")
 _BUCKETS = {"base": range(0, 6), "train": range(6, 8), "val": range(8, 9),
-            "test": range(9, 10), "ood": range(9, 10), "probe": range(9, 10)}
-# test, ood and probe share a bucket but never a problem: they differ in operand count or op
+            "test": range(9, 10), "ood": range(9, 10), "probe": range(6, 10), "easy": range(6, 10)}
+# splits sharing a bucket never share a problem: they differ in operand count or op (test: train_ops
+# sums, ood: ood_ops sums, probe: differences, easy: 2-operand sums); the probes span four buckets
+# so that each holds over 1000 problems (1701 differences and 3290 sums of two 2-digit numbers)
 
 
 def bucket(prompt):
@@ -292,6 +296,9 @@ def make_split(name, n, seed=0, cfg=None):
     if n < 1:
         raise ValueError(f"number of problems must be >= 1, got {n}")
     cfg = cfg or TaskConfig()
+    if name == "easy" and 2 in (cfg.train_ops, cfg.ood_ops):
+        raise ValueError(f"split 'easy' holds 2-operand sums, which are this task's train_ops ({cfg.train_ops}) or "
+                         f"ood_ops ({cfg.ood_ops}) problems: set both above 2 to use it")
     rng = random.Random(f"{name}-{seed}")
     mix_ops, mix_w = zip(*sorted(cfg.base_mix.items()))
     out, seen = [], set()
@@ -303,6 +310,8 @@ def make_split(name, n, seed=0, cfg=None):
                 p = _random_problem(rng, rng.choices(mix_ops, mix_w)[0], cfg)
         elif name == "probe":
             p = _random_problem(rng, 2, cfg, "-")
+        elif name == "easy":
+            p = _random_problem(rng, 2, cfg)
         else:
             p = _random_problem(rng, cfg.ood_ops if name == "ood" else cfg.train_ops, cfg)
         if bucket(p.prompt) in _BUCKETS[name] and p.prompt not in seen:

@@ -346,7 +346,8 @@ def load_problems(cfg, tok, block_size, verbose=False):
                                   cfg=D.TaskConfig(digits=cfg.digits, expert_style=cfg.expert_style)),
             "test": D.make_split(cfg.eval_split, cfg.eval_n, seed=0, cfg=task),  # seed 0: every run, the same problems
             "ood": D.make_split("ood", cfg.eval_n, seed=0, cfg=task),
-            "probe": D.make_split("probe", cfg.eval_n, seed=0)}
+            "probe": D.make_split("probe", cfg.eval_n, seed=0),
+            "easy": D.make_split("easy", cfg.eval_n, seed=0)}
 
 
 def check_fits(tok, problems, max_new_tokens, block_size, from_init=False):
@@ -593,7 +594,7 @@ def evaluate(model, tok, splits, cfg, base=None, full=True):
             r["kl_base_samples"] = kl_to_base(model, base, tok, base_sample_groups(base, tok, anchors,
                                                                                    cfg.max_new_tokens))
     if full:
-        for s in ("ood", "probe"):
+        for s in ("ood", "probe", "easy"):
             if s in splits:
                 r[f"acc_{s}"], _ = greedy_accuracy(model, tok, splits[s], cfg.max_new_tokens)
         probs = splits["test"][:cfg.passk_problems]
@@ -723,7 +724,7 @@ class RunState:
     device: torch.device
     tok: D.Tokenizer
     model: GPT
-    splits: dict                 # problems: train (the fine-tuning pool), test, and built-in ood / probe
+    splits: dict                 # problems: train (the fine-tuning pool), test, and built-in ood / probe / easy
     ckpt_path: str
     metrics_path: str
     init: dict = None            # the --init checkpoint
@@ -1035,8 +1036,8 @@ def demo(cfg):
     group = gft_cfg.prompts_per_step * (gft_cfg.n_expert + gft_cfg.n_teacher + gft_cfg.n_rollout)  # sequences per GFT step
     rows["sft"] = run(make_config(mode="sft", out=os.path.join(root, f"sft_{style}"), batch_size=group, **fine))
     rows["gft"] = run(gft_cfg)
-    cols = ["acc_test", "acc_ood", "acc_probe", "pass@1", "pass@16", "pass@1_strict", "paths", "entropy", "kl_base",
-            "kl_base_samples"]
+    cols = ["acc_test", "acc_ood", "acc_probe", "acc_easy", "pass@1", "pass@16", "pass@1_strict", "paths", "entropy",
+            "kl_base", "kl_base_samples"]
     print(f"\nheld-out results ({cfg.eval_n} problems per split; pass@k from {cfg.passk_n} samples of "
           f"{cfg.passk_problems} problems; kl = KL(base || model) per token, on expert solutions and on the "
           f"base's own samples)")

@@ -54,10 +54,10 @@ def task_of(regime):
 LRS = (1e-5, 1e-4, 3e-4)  # each method's grid, per regime; extended once past an end that wins (EXTEND)
 EXTEND = {1e-5: 1e-6, 3e-4: 1e-3}
 TAUS = (0.1, 0.5, 0.7)
-EVAL = ["--eval_n", "400", "--passk_problems", "64", "--passk_n", "16", "--kl_n", "64"]  # the probe has ~400 problems
+EVAL = ["--eval_n", "1000", "--passk_problems", "64", "--passk_n", "64", "--kl_n", "64"]  # standard error <= 0.016
 QUICK_EVAL = ["--eval_n", "200", "--passk_problems", "32", "--passk_n", "16", "--kl_n", "32"]
-COLS = ["acc_test", "acc_last2", "acc_ood", "acc_probe", "pass@1", "pass@16", "pass@1_strict", "paths", "kl_base",
-        "kl_base_samples"]
+COLS = ["acc_test", "acc_last2", "acc_ood", "acc_probe", "acc_easy", "pass@1", "pass@16", "pass@64", "pass@1_strict",
+        "paths", "kl_base", "kl_base_samples"]
 
 
 def rows(steps, n_prompts):
@@ -260,8 +260,8 @@ def is_val(run):
 def figures(out):
     """PNGs from out/runs.jsonl (and out/curves.jsonl where present), one column per regime:
     figures_curves.png  held-out greedy accuracy over training, each row on base 0
-    figures_passk.png   pass@k, k = 1..16, each row's mean over bases
-    figures_acc_kl.png  accuracy against KL(base || model) and against probe accuracy: every row on
+    figures_passk.png   pass@k, k = 1..64 (1..16 in a quick run), each row's mean over bases
+    figures_acc_kl.png  accuracy against KL(base || model) and against both probes' accuracy: every row on
                         every base (filled; test split) and every learning-rate / tau run (hollow;
                         val split), so "forgets less" can be told from "moved less"
     Needs matplotlib (optional: the tables in results.md never do)."""
@@ -325,9 +325,11 @@ def figures(out):
         ax.set_ylabel("pass@k")
     save(fig, axes, "figures_passk.png")
 
-    fig, axes = grid("accuracy against KL(base || model) (top) and probe accuracy (bottom)", 2)
+    xlabel = {"kl_base": "KL(base || model)", "acc_probe": "probe accuracy (differences)",
+              "acc_easy": "easy probe accuracy (2-operand sums)"}
+    fig, axes = grid("accuracy against KL(base || model) and against the two forgetting probes' accuracy", len(xlabel))
     for j, r in enumerate(regimes):
-        for i, key in enumerate(("kl_base", "acc_probe")):
+        for i, key in enumerate(xlabel):
             ax = axes[i][j]
             for x in runs:
                 n = x["row"].split(" tau ")[0]
@@ -339,7 +341,7 @@ def figures(out):
             handles = dict(zip(*ax.get_legend_handles_labels()[::-1]))  # one legend entry per row
             ax.legend(handles.values(), handles.keys(), fontsize=6)
             ax.set_title(r)
-            ax.set_xlabel("KL(base || model)" if key == "kl_base" else "probe accuracy")
+            ax.set_xlabel(xlabel[key])
             ax.set_ylabel("accuracy (filled: test; hollow: val)")
     save(fig, axes, "figures_acc_kl.png", legend=False)  # each panel has its own legend
     print("figures: " + ", ".join(made))
@@ -357,7 +359,8 @@ def cell(vals, f=".3f"):
 def verdict(a, b, key):
     """The pre-registered rule (README "Three regimes"): row a beats row b on key when every base
     agrees in sign and the mean difference exceeds the larger of the two rows' ranges over bases."""
-    pairs = {x["base"]: x["metrics"][key] for x in a}, {x["base"]: x["metrics"][key] for x in b}
+    pairs = ({x["base"]: x["metrics"][key] for x in a if key in x["metrics"]},
+             {x["base"]: x["metrics"][key] for x in b if key in x["metrics"]})
     common = sorted(set(pairs[0]) & set(pairs[1]))
     if not common:
         return "n/a (row missing)"
@@ -380,9 +383,11 @@ CLAIMS = [  # (row, than row, metric, the paper's prediction)
     ("GFT", "GRPO", "acc_test", "higher"),
     ("GFT", "SFT", "acc_ood", "higher"),
     ("GFT", "SFT", "acc_probe", "higher"),
+    ("GFT", "SFT", "acc_easy", "higher"),
     ("GFT", "SFT", "kl_base", "lower"),
     ("GFT", "SFT", "kl_base_samples", "lower"),
     ("GFT", "SFT", "pass@16", "higher"),
+    ("GFT", "SFT", "pass@64", "higher"),
     ("GFT", "SFT", "paths", "higher"),
 ]
 

@@ -204,12 +204,21 @@ def test_typical_problems_have_several_distinct_correct_teacher_paths():
     assert many >= 0.95 * len(problems), many
 
 
-def test_splits_are_disjoint():
-    prompts = {s: {p.prompt for p in make_split(s, 300, seed=0)} for s in SPLITS}
+@pytest.mark.parametrize("cfg", [TaskConfig(), TaskConfig(train_ops=3, ood_ops=6)])
+def test_splits_are_disjoint(cfg):
+    prompts = {s: {p.prompt for p in make_split(s, 300, seed=0, cfg=cfg)} for s in SPLITS}
     for i, a in enumerate(SPLITS):
         assert len(prompts[a]) == 300  # distinct within a split
         for b in SPLITS[i + 1:]:
             assert not prompts[a] & prompts[b], (a, b)
+
+
+def test_both_probes_hold_1000_problems_and_the_easy_one_refuses_to_overlap_the_task():
+    for split in ("probe", "easy"):
+        assert len({p.prompt for p in make_split(split, 1000, seed=0)}) == 1000
+    for cfg in (TaskConfig(train_ops=2), TaskConfig(ood_ops=2)):
+        with pytest.raises(ValueError, match="'easy'.*2-operand sums"):
+            make_split("easy", 10, cfg=cfg)
 
 
 @pytest.mark.parametrize("split", SPLITS)
@@ -222,7 +231,7 @@ def test_splits_are_reproducible_from_seed(split):
 def test_make_split_has_documented_operand_counts_and_ops(cfg):
     lo, hi = 10 ** (cfg.digits - 1), 10 ** cfg.digits - 1
     want = {"train": {(cfg.train_ops, "+")}, "val": {(cfg.train_ops, "+")},
-            "test": {(cfg.train_ops, "+")}, "ood": {(cfg.ood_ops, "+")}, "probe": {(2, "-")},
+            "test": {(cfg.train_ops, "+")}, "ood": {(cfg.ood_ops, "+")}, "probe": {(2, "-")}, "easy": {(2, "+")},
             "base": {(k, "+") for k in cfg.base_mix} | {(2, "-")}}
     for split in SPLITS:
         problems = make_split(split, 300, seed=0, cfg=cfg)

@@ -98,7 +98,7 @@ def test_digits_change_every_split_but_the_probe():
     cfg = train.make_config(mode="gft", init="x.pt", digits=3, n_prompts=20, eval_n=20)
     s = train.load_problems(cfg, D.Tokenizer(), 128)
     assert all(100 <= x <= 999 for k in ("train", "test", "ood") for p in s[k] for x in p.operands)
-    assert all(10 <= x <= 99 for p in s["probe"] for x in p.operands)
+    assert all(10 <= x <= 99 for k in ("probe", "easy") for p in s[k] for x in p.operands)
     assert {len(p.operands) for p in s["ood"]} == {5} and {len(p.operands) for p in s["test"]} == {4}
 
 
@@ -106,7 +106,7 @@ def test_tree_style_reaches_the_fine_tuning_pool_only():
     cfg = train.make_config(mode="gft", init="x.pt", expert_style="tree", n_prompts=20, eval_n=20)
     s = train.load_problems(cfg, D.Tokenizer(), 128)
     assert all(p.expert == D.tree_sum(p.operands) for p in s["train"])
-    assert all(p.expert == D.running_sum(p.operands, p.op) for k in ("test", "ood", "probe") for p in s[k])
+    assert all(p.expert == D.running_sum(p.operands, p.op) for k in ("test", "ood", "probe", "easy") for p in s[k])
     rng = random.Random(0)
     for p in D.make_split("base", 200, seed=0, cfg=D.TaskConfig(expert_style="tree")):
         assert D.pretrain_solution(p, rng, D.TaskConfig()) in \
