@@ -24,9 +24,9 @@ Splits are disjoint by construction: a problem's split bucket is a hash of its p
     test   held-out, same distribution as train
     ood    harder: TaskConfig.ood_ops operands
     probe  forgetting probe: two-operand subtraction ("Q:85-23="), present in pretraining,
-           never in fine-tuning (bases solve only 10-30% of it greedily)
+           never in fine-tuning (gated bases solve only 7-30% of it greedily)
     easy   a second forgetting probe, one the base has mastered: two-operand sums
-           ("Q:23+45="), held out, never in fine-tuning (bases solve 87-96% greedily)
+           ("Q:23+45="), held out, never in fine-tuning (gated bases solve 82-96% greedily)
 """
 import json
 import os

@@ -997,7 +997,7 @@ def _trim_metrics(path, step):
 # ----------------------------------------------------------------------------- demo
 
 DEMO_STEPS = 30  # the demo's SFT and GFT steps (20 of them warm-up, as in the quick regimes run that showed
-# the off-policy expert's pull at 30 steps: docs/results.md); the whole demo took 3.4 minutes on 2 CPU cores
+# the off-policy expert's pull at 30 steps: docs/results.md); the whole demo took 3.3 minutes on 2 CPU cores
 
 
 def demo(cfg):

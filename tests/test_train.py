@@ -51,7 +51,8 @@ def test_each_mode_runs_and_its_loss_is_finite(base, tmp_path, mode):
     assert 0.0 <= r["acc_test"] <= 1.0 and math.isfinite(r["kl_base"]) and r["kl_base"] >= -1e-6
     assert math.isfinite(r["kl_base_samples"]) and r["kl_base_samples"] >= -1e-6
     ev = run("eval", "--init", os.path.join(out, "ckpt.pt"))
-    assert ev["acc_test"] == r["acc_test"]  # eval of the checkpoint reproduces the run's final eval
+    for split in ("test", "ood", "probe", "easy"):  # eval of the checkpoint reproduces the run's final eval
+        assert 0.0 <= r[f"acc_{split}"] <= 1.0 and ev[f"acc_{split}"] == r[f"acc_{split}"], split
 
 
 def test_gft_with_tau_zero_and_one_expert_takes_the_same_step_as_sft(base, tmp_path):
