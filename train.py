@@ -79,7 +79,7 @@ class Config:
                             "tree (pairwise sums, never in pretraining: the off-policy regime); unset: chain, "
                             "and tree for the demo", choices=tuple(D.EXPERT_STYLES))
     digits: int = opt(2, "digits per operand of the built-in fine-tuning and held-out problems; pretraining "
-                      "always has 2, so 3 is knowledge the base lacks (the probe stays pretraining's)", lo=1, hi=6)
+                      "always has 2, so 3 is knowledge the base lacks (both probes stay pretraining's)", lo=1, hi=6)
     sft_teachers: int = opt(0, "sft/dft: correct teacher solutions per prompt beside its expert, SFT(mix); "
                             "a step keeps --batch_size sequences, from batch_size / (1 + this) prompts", lo=0)
     # optimisation
@@ -118,7 +118,7 @@ class Config:
     log_every: int = opt(10, "steps between progress lines", lo=1)
     eval_every: int = opt(0, "steps between held-out evaluations (0 = only at the end)", lo=0)
     ckpt_every: int = opt(50, "steps between checkpoints (one is always written at the end)", lo=1)
-    eval_n: int = opt(200, "problems per evaluation split (greedy accuracy)", lo=1)
+    eval_n: int = opt(200, "problems per evaluation split (greedy accuracy); at most the probe's 1701", lo=1, hi=1701)
     eval_split: str = opt("test", "held-out split to report as acc_test: test, or val for choosing settings",
                           choices=("test", "val"))
     passk_problems: int = opt(64, "held-out problems sampled for pass@k, entropy and paths", lo=1)
@@ -340,7 +340,7 @@ def load_problems(cfg, tok, block_size, verbose=False):
                   f"pool, the last {n_test} the held-out test split")
         return {"train": probs[:-n_test], "test": probs[-n_test:]}
     # the expert's style touches the fine-tuning pool only: the held-out splits' experts anchor KL, the same in
-    # both styles; --digits changes every split but the probe, which tests what pretraining taught
+    # both styles; --digits changes every split but the two probes, which test what pretraining taught
     task = D.TaskConfig(digits=cfg.digits)
     return {"train": D.make_split("train", cfg.n_prompts, seed=cfg.seed,
                                   cfg=D.TaskConfig(digits=cfg.digits, expert_style=cfg.expert_style)),

@@ -16,7 +16,7 @@ In order:
     2. learning rates: per method and regime, the best of LRS by greedy accuracy on the val split
        (base 0), the grid extended once past an end that wins
     3. GFT's tau among 0.1 / 0.5 / 0.7 (the authors' own choices) on val, base 0, at GFT's rate
-    4. every row on every base at its rate (GFT at its tau), on the test, ood and probe splits
+    4. every row on every base at its rate (GFT at its tau), on the test, ood, probe and easy splits
 GRPO never sees the expert, so one run serves every regime on the same problems. Verdicts follow
 the rule written in README "Three regimes" before these runs: a difference counts when every base
 agrees in sign and its mean exceeds the larger of the two rows' ranges over bases.
@@ -359,11 +359,12 @@ def cell(vals, f=".3f"):
 def verdict(a, b, key):
     """The pre-registered rule (README "Three regimes"): row a beats row b on key when every base
     agrees in sign and the mean difference exceeds the larger of the two rows' ranges over bases."""
-    pairs = ({x["base"]: x["metrics"][key] for x in a if key in x["metrics"]},
-             {x["base"]: x["metrics"][key] for x in b if key in x["metrics"]})
-    common = sorted(set(pairs[0]) & set(pairs[1]))
-    if not common:
+    if not a or not b:
         return "n/a (row missing)"
+    if any(key not in x["metrics"] for x in a + b):  # e.g. pass@64 in a quick run, which samples 16
+        return f"n/a (no {key})"
+    pairs = {x["base"]: x["metrics"][key] for x in a}, {x["base"]: x["metrics"][key] for x in b}
+    common = sorted(set(pairs[0]) & set(pairs[1]))
     if len(common) < 2:
         return "n/a (one base)"
     d = [pairs[0][i] - pairs[1][i] for i in common]

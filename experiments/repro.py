@@ -93,7 +93,7 @@ TABLES = {
     "Fig. 6: tau sweep (seed 0)": ["GFT w/o DCR", "tau 0.1", "tau 0.3", "tau 0.5", "GFT", "tau 1.0"],
     "Fig. 6: demonstrations : samples (seed 0)": ["GFT (no mix)", "demos:samples 2:6", "GFT", "demos:samples 6:2"],
 }
-COLS = ["acc_test", "acc_ood", "acc_probe", "pass@1", "pass@16", "pass@1_strict", "paths", "entropy", "kl_base"]
+COLS = ["acc_test", "acc_ood", "acc_probe", "acc_easy", "pass@1", "pass@16", "pass@1_strict", "paths", "entropy", "kl_base"]
 
 
 def slug(name):

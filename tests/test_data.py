@@ -216,6 +216,7 @@ def test_splits_are_disjoint(cfg):
 def test_both_probes_hold_1000_problems_and_the_easy_one_refuses_to_overlap_the_task():
     for split in ("probe", "easy"):
         assert len({p.prompt for p in make_split(split, 1000, seed=0)}) == 1000
+    assert len(make_split("probe", 1701)) == 1701  # train.py's --eval_n ceiling: every difference held out
     for cfg in (TaskConfig(train_ops=2), TaskConfig(ood_ops=2)):
         with pytest.raises(ValueError, match="'easy'.*2-operand sums"):
             make_split("easy", 10, cfg=cfg)
