@@ -4,6 +4,7 @@
     python experiments/regimes.py --bases a/ckpt.pt b/ckpt.pt c/ckpt.pt   # reuse gated bases (99 min here, 22 runs reused)
     python experiments/regimes.py --quick                  # 1 base, 30-step runs, no lr grid
     python experiments/regimes.py --regimes knowledge      # some regimes (finished training runs are reused)
+    python experiments/regimes.py --grid full --out DIR    # every rate of LRS_FULL for every method (no bracketing)
 
 Three regimes, each one or two settings of train.py (README "Three regimes"):
     control     the expert writes running sums, as pretraining did: on-policy for the base
@@ -14,7 +15,7 @@ In order:
     1. the premise: experiments/premise.py measures, under each base, how unlikely each expert
        is (its verdict rule was fixed before any method was compared)
     2. learning rates: per method and regime, the best of LRS by greedy accuracy on the val split
-       (base 0), the grid extended once past an end that wins
+       (base 0), the grid extended once past an end that wins (--grid full: every rate of LRS_FULL)
     3. GFT's tau among 0.1 / 0.5 / 0.7 (the authors' own choices) on val, base 0, at GFT's rate
     4. every row on every base at its rate (GFT at its tau), on the test, ood, probe and easy splits
 GRPO never sees the expert, so one run serves every regime on the same problems. Verdicts follow
@@ -53,6 +54,9 @@ def task_of(regime):
 
 LRS = (1e-5, 1e-4, 3e-4)  # each method's grid, per regime; extended once past an end that wins (EXTEND)
 EXTEND = {1e-5: 1e-6, 3e-4: 1e-3}
+LRS_FULL = (1e-6, 1e-5, 1e-4, 3e-4, 1e-3)  # --grid full: every rate for every method, no extension (SFT's
+# accuracy on the tree expert has two optima in rate, and the bracketing grid finds whichever its first
+# winner points to: docs/results.md "Replication")
 TAUS = (0.1, 0.5, 0.7)
 EVAL = ["--eval_n", "1000", "--passk_problems", "64", "--passk_n", "64", "--kl_n", "64"]  # standard error <= 0.016
 QUICK_EVAL = ["--eval_n", "200", "--passk_problems", "32", "--passk_n", "16", "--kl_n", "32"]
@@ -96,6 +100,9 @@ def main():
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     ap.add_argument("--steps", type=int, default=0, help="fine-tuning steps per run (0: 80, quick 30)")
     ap.add_argument("--regimes", default=",".join(REGIMES), help="comma-separated, of: " + ", ".join(REGIMES))
+    ap.add_argument("--grid", default="bracket", choices=("bracket", "full"),
+                    help="learning-rate grid: bracket = LRS extended once past a winning end (the registered "
+                    "protocol); full = every rate of LRS_FULL for every method")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default="", help="output folder (default results/regimes/ or results/regimes_quick/)")
     ap.add_argument("--figures", default="", metavar="DIR",
@@ -207,12 +214,13 @@ def main():
     lrs = {(r, n): MODE_DEFAULTS[recipe[n][0]]["lr"] for r in regimes for n in GRID}
     sweep = []
     if not a.quick:
-        sweep = pool([(n, r, 0, lr, dict(val=True)) for n in GRID for r in regimes for lr in LRS])
+        grid = LRS_FULL if a.grid == "full" else LRS
+        sweep = pool([(n, r, 0, lr, dict(val=True)) for n in GRID for r in regimes for lr in grid])
         more = []
         for r in regimes:
             for n in GRID:
                 top = best([x for x in sweep if x["row"] == n and x["regime"] == r], "lr")["lr"]
-                if top in EXTEND:
+                if a.grid == "bracket" and top in EXTEND:
                     more.append((n, r, EXTEND[top]))
         sweep += pool([(n, r, 0, lr, dict(val=True)) for n, r, lr in more])
         for r in regimes:
@@ -242,7 +250,7 @@ def main():
         for x in records:
             if x.get("curve") and not is_val(x):
                 f.write(json.dumps({k: x[k] for k in ("regime", "row", "base", "lr", "curve")}) + "\n")
-    md = report(records, sweep, lrs, tau_of, bases, steps, total, a.quick, regimes)
+    md = report(records, sweep, lrs, tau_of, bases, steps, total, a.quick, regimes, a.grid)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(md)
     print(md)
@@ -393,15 +401,17 @@ CLAIMS = [  # (row, than row, metric, the paper's prediction)
 ]
 
 
-def report(records, sweep, lrs, tau_of, bases, steps, total, quick, regimes):
+def report(records, sweep, lrs, tau_of, bases, steps, total, quick, regimes, grid_kind="bracket"):
     lines = ["# Reproduction part 2: " + " / ".join(regimes) + f" ({'quick' if quick else 'full'} run)", "",
              f"{len(bases)} gated base(s): " + ", ".join(bases) + f". {steps} optimiser steps per run, {8 * P} "
              f"sequences per step. Cells: mean over bases (min..max). acc_last2: mean greedy test accuracy of the "
              f"last two evaluations. Wall time {total / 60:.1f} min.", "",
              "Premise (experiments/premise.py, the rule in its `verdict`): see premise.md beside this file.", "",
              ("Learning rates: train.py's MODE_DEFAULTS (quick run, no grid): " if quick else
-              "Learning rates (best on val, base 0, of " + ", ".join(f"{x:g}" for x in LRS) + ", extended past a "
-              "winning end; SFT (10x prompts) takes SFT's): ")
+              ("Learning rates (best on val, base 0, of " + ", ".join(f"{x:g}" for x in LRS) + ", extended past a "
+               "winning end; SFT (10x prompts) takes SFT's): " if grid_kind == "bracket" else
+               "Learning rates (best on val, base 0, of " + ", ".join(f"{x:g}" for x in LRS_FULL) + " for every "
+               "method; SFT (10x prompts) takes SFT's): "))
              + "; ".join(f"{r} {n} {v:g}" for (r, n), v in sorted(lrs.items())) + ".", ""]
     if sweep:
         grid = sorted({x["lr"] for x in sweep})
