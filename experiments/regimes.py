@@ -402,16 +402,15 @@ CLAIMS = [  # (row, than row, metric, the paper's prediction)
 
 
 def report(records, sweep, lrs, tau_of, bases, steps, total, quick, regimes, grid_kind="bracket"):
+    grid_text = (", ".join(f"{x:g}" for x in LRS) + ", extended past a winning end" if grid_kind == "bracket"
+                 else ", ".join(f"{x:g}" for x in LRS_FULL) + " for every method")
     lines = ["# Reproduction part 2: " + " / ".join(regimes) + f" ({'quick' if quick else 'full'} run)", "",
              f"{len(bases)} gated base(s): " + ", ".join(bases) + f". {steps} optimiser steps per run, {8 * P} "
              f"sequences per step. Cells: mean over bases (min..max). acc_last2: mean greedy test accuracy of the "
              f"last two evaluations. Wall time {total / 60:.1f} min.", "",
              "Premise (experiments/premise.py, the rule in its `verdict`): see premise.md beside this file.", "",
              ("Learning rates: train.py's MODE_DEFAULTS (quick run, no grid): " if quick else
-              ("Learning rates (best on val, base 0, of " + ", ".join(f"{x:g}" for x in LRS) + ", extended past a "
-               "winning end; SFT (10x prompts) takes SFT's): " if grid_kind == "bracket" else
-               "Learning rates (best on val, base 0, of " + ", ".join(f"{x:g}" for x in LRS_FULL) + " for every "
-               "method; SFT (10x prompts) takes SFT's): "))
+              "Learning rates (best on val, base 0, of " + grid_text + "; SFT (10x prompts) takes SFT's): ")
              + "; ".join(f"{r} {n} {v:g}" for (r, n), v in sorted(lrs.items())) + ".", ""]
     if sweep:
         grid = sorted({x["lr"] for x in sweep})
