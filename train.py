@@ -121,6 +121,9 @@ class Config:
     eval_n: int = opt(200, "problems per evaluation split (greedy accuracy); at most the probe's 1701", lo=1, hi=1701)
     eval_split: str = opt("test", "held-out split to report as acc_test: test, or val for choosing settings",
                           choices=("test", "val"))
+    passk_split: str = opt("test", "split whose problems pass@k, entropy and paths are measured on: test (the "
+                           "held-out split), or ood (harder, where a base's pass@64 is further from 1)",
+                           choices=("test", "ood"))
     passk_problems: int = opt(64, "held-out problems sampled for pass@k, entropy and paths", lo=1)
     passk_n: int = opt(16, "samples per problem for pass@k (k = 1, 2, 4, ... <= n)", lo=1)
     kl_n: int = opt(64, "problems per split (test, probe) whose solutions anchor KL(base || model)", lo=1)
@@ -141,7 +144,7 @@ MODE_DEFAULTS = {  # steps and lr per mode; --steps / --lr override
 }
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "rope")  # Config fields that are GPTConfig's
 RUN_KEYS_IGNORED_ON_RESUME = {"resume", "override", "device", "compile", "fast_decode", "log_every", "eval_every",
-                              "ckpt_every", "eval_n", "eval_split", "passk_problems", "passk_n", "kl_n"}
+                              "ckpt_every", "eval_n", "eval_split", "passk_split", "passk_problems", "passk_n", "kl_n"}
 
 
 def parse_args(argv=None):
@@ -233,6 +236,8 @@ def check_config(cfg):
     if cfg.data and (cfg.expert_style != "chain" or cfg.digits != 2):
         raise ValueError(f"--expert_style {cfg.expert_style} / --digits {cfg.digits} change the built-in task; a "
                          f"--data file brings its own problems (leave them at chain / 2)")
+    if cfg.data and cfg.passk_split == "ood":
+        raise ValueError(f"--passk_split ood: a --data file has a test split only (no ood); use test")
     if cfg.mode == "grpo" and cfg.n_rollout < 2:
         raise ValueError(f"--n_rollout must be >= 2 for grpo (a group of one has no advantage), got {cfg.n_rollout}")
     if cfg.mode not in ("pretrain", "demo") and not cfg.init:
@@ -597,7 +602,7 @@ def evaluate(model, tok, splits, cfg, base=None, full=True):
         for s in ("ood", "probe", "easy"):
             if s in splits:
                 r[f"acc_{s}"], _ = greedy_accuracy(model, tok, splits[s], cfg.max_new_tokens)
-        probs = splits["test"][:cfg.passk_problems]
+        probs = splits[cfg.passk_split][:cfg.passk_problems]
         gen = torch_gen(cfg.seed, 0, "eval", next(model.parameters()).device)
         outs, _ = sample(model, tok, [p.prompt for p in probs], cfg.passk_n, 1.0, cfg.max_new_tokens, gen)
         n = cfg.passk_n

@@ -207,6 +207,27 @@ def test_kl_to_base_is_zero_for_the_base_itself_and_measured_on_the_base_s_own_s
     assert r["kl_base_samples"] == train.kl_to_base(model, same, tok, on_base) > 0
 
 
+def test_pass_at_k_is_sampled_on_the_split_passk_split_names(base, monkeypatch):
+    ck = train.load_checkpoint(base)
+    model = train.model_from_checkpoint(ck)
+    tok = train.D.Tokenizer()
+    seen = []
+
+    def spy(model, tok, prompts, n, *args):
+        seen.append(prompts)
+        return [[tok.eos_id]] * (len(prompts) * n), None
+    monkeypatch.setattr(train, "sample", spy)
+    for split in ("test", "ood"):
+        cfg = train.make_config(mode="eval", init=base, eval_n=4, passk_problems=3, passk_n=2, kl_n=2,
+                                max_new_tokens=48, passk_split=split)
+        splits = train.load_problems(cfg, tok, 96)
+        r = train.evaluate(model, tok, splits, cfg)
+        assert seen[-1] == [p.prompt for p in splits[split][:3]] and r["pass@2"] == 0.0
+    assert set(seen[0]).isdisjoint(seen[1])  # the two splits share no problem
+    with pytest.raises(ValueError, match="--passk_split ood: a --data file has a test split only"):
+        train.make_config(mode="eval", init=base, data="x.jsonl", passk_split="ood")
+
+
 # ----------------------------------------------------------------------------- the demo
 
 LP = {"chain": -0.05, "tree": -2.5}
