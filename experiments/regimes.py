@@ -5,6 +5,7 @@
     python experiments/regimes.py --quick                  # 1 base, 30-step runs, no lr grid
     python experiments/regimes.py --regimes knowledge      # some regimes (finished training runs are reused)
     python experiments/regimes.py --grid full --out DIR    # every rate of LRS_FULL for every method (no bracketing)
+    python experiments/regimes.py --val_bases 3            # rates and tau by the mean val accuracy of 3 bases
 
 Three regimes, each one or two settings of train.py (README "Three regimes"):
     control     the expert writes running sums, as pretraining did: on-policy for the base
@@ -15,8 +16,9 @@ In order:
     1. the premise: experiments/premise.py measures, under each base, how unlikely each expert
        is (its verdict rule was fixed before any method was compared)
     2. learning rates: per method and regime, the best of LRS by greedy accuracy on the val split
-       (base 0), the grid extended once past an end that wins (--grid full: every rate of LRS_FULL)
-    3. GFT's tau among 0.1 / 0.5 / 0.7 (the authors' own choices) on val, base 0, at GFT's rate
+       (base 0; --val_bases N: the mean over N bases), the grid extended once past an end that wins
+       (--grid full: every rate of LRS_FULL)
+    3. GFT's tau among 0.1 / 0.5 / 0.7 (the authors' own choices) on val, the same bases, at GFT's rate
     4. every row on every base at its rate (GFT at its tau), on the test, ood, probe and easy splits
     5. pass@k on the ood split of the bases and every row's final model (not in --quick)
 GRPO never sees the expert, so one run serves every regime on the same problems. Verdicts follow
@@ -105,6 +107,9 @@ def main():
     ap.add_argument("--grid", default="bracket", choices=("bracket", "full"),
                     help="learning-rate grid: bracket = LRS extended once past a winning end (the registered "
                     "protocol); full = every rate of LRS_FULL for every method")
+    ap.add_argument("--val_bases", type=int, default=1, help="bases whose val runs choose each rate and tau, by "
+                    "their mean val accuracy (1: base 0 only, the registered protocol; a rate chosen on one base "
+                    "may not transfer: docs/results.md \"Full grid\")")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default="", help="output folder (default results/regimes/ or results/regimes_quick/)")
     ap.add_argument("--figures", default="", metavar="DIR",
@@ -121,6 +126,9 @@ def main():
         if r not in REGIMES:
             raise SystemExit(f"--regimes: unknown regime {r!r}; allowed: {', '.join(REGIMES)}")
     steps = a.steps or (30 if a.quick else 80)
+    if a.val_bases < 1 or a.val_bases > (len(a.bases) or a.seeds):
+        raise SystemExit(f"--val_bases {a.val_bases}: choose 1 to the number of bases ({len(a.bases) or a.seeds})")
+    val_bases = range(a.val_bases)
     if a.jobs < 1 or a.seeds < 1 or steps < 1:
         raise SystemExit(f"--jobs ({a.jobs}), --seeds ({a.seeds}) and --steps ({steps}) must be >= 1")
     out = a.out or os.path.join(ROOT, "results", "regimes_quick" if a.quick else "regimes")
@@ -208,35 +216,39 @@ def main():
         return recs + [dict(x, regime=r) for x in recs for r in regimes
                        if shared(x["row"], r) and owner[task_of(r)] == x["regime"]]
 
-    def best(recs, key):  # the record with the highest val accuracy (the smaller lr / tau on a tie)
-        return max(sorted(recs, key=lambda x: x[key]), key=lambda x: x["metrics"]["acc_test"])
+    def best(recs, key):  # the lr / tau with the highest val accuracy, mean over the val bases (the smaller on a tie)
+        acc = {}
+        for x in recs:
+            acc.setdefault(x[key], []).append(x["metrics"]["acc_test"])
+        return max(sorted(acc), key=lambda v: statistics.fmean(acc[v]))
 
-    # 2. learning rates on val (base 0), per regime and method; a grid whose best is at an end is
-    #    extended once past that end (EXTEND), so that the choice is bracketed
+    # 2. learning rates on val (base 0, or the mean over --val_bases), per regime and method; a grid whose
+    #    best is at an end is extended once past that end (EXTEND), so that the choice is bracketed
     lrs = {(r, n): MODE_DEFAULTS[recipe[n][0]]["lr"] for r in regimes for n in GRID}
     sweep = []
     if not a.quick:
         grid = LRS_FULL if a.grid == "full" else LRS
-        sweep = pool([(n, r, 0, lr, dict(val=True)) for n in GRID for r in regimes for lr in grid])
+        sweep = pool([(n, r, i, lr, dict(val=True)) for n in GRID for r in regimes for lr in grid for i in val_bases])
         more = []
         for r in regimes:
             for n in GRID:
-                top = best([x for x in sweep if x["row"] == n and x["regime"] == r], "lr")["lr"]
+                top = best([x for x in sweep if x["row"] == n and x["regime"] == r], "lr")
                 if a.grid == "bracket" and top in EXTEND:
                     more.append((n, r, EXTEND[top]))
-        sweep += pool([(n, r, 0, lr, dict(val=True)) for n, r, lr in more])
+        sweep += pool([(n, r, i, lr, dict(val=True)) for n, r, lr in more for i in val_bases])
         for r in regimes:
             for n in GRID:
-                lrs[(r, n)] = best([x for x in sweep if x["row"] == n and x["regime"] == r], "lr")["lr"]
+                lrs[(r, n)] = best([x for x in sweep if x["row"] == n and x["regime"] == r], "lr")
     print("learning rates: " + ", ".join(f"{r}/{n} {v:g}" for (r, n), v in sorted(lrs.items())), flush=True)
 
-    # 3. GFT's tau on val (base 0), at GFT's rate: the grid's run is tau 0.7
+    # 3. GFT's tau on val (base 0, or the mean over --val_bases), at GFT's rate: the grid's run is tau 0.7
     taus, tau_of = [], {r: 0.7 for r in regimes}
     if not a.quick:
-        taus = pool([("GFT", r, 0, lrs[(r, "GFT")], dict(tau=t, val=True)) for r in regimes for t in TAUS if t != 0.7])
+        taus = pool([("GFT", r, i, lrs[(r, "GFT")], dict(tau=t, val=True)) for r in regimes for t in TAUS if t != 0.7
+                     for i in val_bases])
         taus += [dict(x, row="GFT tau 0.7", tau=0.7) for x in sweep
                  if x["row"] == "GFT" and x["lr"] == lrs[(x["regime"], "GFT")]]
-        tau_of = {r: best([x for x in taus if x["regime"] == r], "tau")["tau"] for r in regimes}
+        tau_of = {r: best([x for x in taus if x["regime"] == r], "tau") for r in regimes}
     print("tau: " + ", ".join(f"{r} {t}" for r, t in tau_of.items()), flush=True)
 
     # 4. every row on every base at its method's rate (GFT at its tau)
@@ -430,6 +442,11 @@ CLAIMS = [  # (row, than row, metric, the paper's prediction)
 
 
 def report(records, sweep, lrs, tau_of, bases, steps, total, quick, regimes, grid_kind="bracket"):
+    vb = sorted({x["base"] for x in sweep}) or [0]  # the bases whose val runs chose the rates and tau
+    on = "base 0" if len(vb) == 1 else "mean over bases " + ", ".join(map(str, vb))
+
+    def val_mean(xs, key="acc_test"):
+        return statistics.fmean(x["metrics"][key] for x in xs)
     grid_text = (", ".join(f"{x:g}" for x in LRS) + ", extended past a winning end" if grid_kind == "bracket"
                  else ", ".join(f"{x:g}" for x in LRS_FULL) + " for every method")
     lines = ["# Reproduction part 2: " + " / ".join(regimes) + f" ({'quick' if quick else 'full'} run)", "",
@@ -438,16 +455,19 @@ def report(records, sweep, lrs, tau_of, bases, steps, total, quick, regimes, gri
              f"last two evaluations. Wall time {total / 60:.1f} min.", "",
              "Premise (experiments/premise.py, the rule in its `verdict`): see premise.md beside this file.", "",
              ("Learning rates: train.py's MODE_DEFAULTS (quick run, no grid): " if quick else
-              "Learning rates (best on val, base 0, of " + grid_text + "; SFT (10x prompts) takes SFT's): ")
+              f"Learning rates (best on val, {on}, of " + grid_text + "; SFT (10x prompts) takes SFT's): ")
              + "; ".join(f"{r} {n} {v:g}" for (r, n), v in sorted(lrs.items())) + ".", ""]
     if sweep:
         grid = sorted({x["lr"] for x in sweep})
-        lines += ["Val greedy accuracy (KL(base || model) on 8+8 anchors) per rate, base 0; - = not run:", "",
+        lines += [f"Val greedy accuracy (KL(base || model) on 8+8 anchors) per rate, {on}; - = not run:", "",
                   "| regime | method | " + " | ".join(f"lr {x:g}" for x in grid) + " |", "|---" * (len(grid) + 2) + "|"]
         for r in regimes:
             for n in GRID:
-                vals = {x["lr"]: x["metrics"] for x in sweep if x["row"] == n and x["regime"] == r}
-                lines.append(f"| {r} | {n} | " + " | ".join(f"{vals[x]['acc_test']:.3f} ({vals[x]['kl_base']:.3f})"
+                vals = {}
+                for x in sweep:
+                    if x["row"] == n and x["regime"] == r:
+                        vals.setdefault(x["lr"], []).append(x)
+                lines.append(f"| {r} | {n} | " + " | ".join(f"{val_mean(vals[x]):.3f} ({val_mean(vals[x], 'kl_base'):.3f})"
                                                               if x in vals else "-" for x in grid) + " |")
         lines.append("")
     by = {}
@@ -462,7 +482,7 @@ def report(records, sweep, lrs, tau_of, bases, steps, total, quick, regimes, gri
                 lines.append(f"| {n} | " + " | ".join(cell([x["metrics"][c] for x in xs if c in x["metrics"]],
                                                           ".4f" if c.startswith("kl") else ".3f") for c in COLS) + f" | {statistics.mean(x['wall_s'] for x in xs):.0f} |")
         taus = [(t, by.get((r, f"GFT tau {t}"), [])) for t in TAUS]
-        lines += ["", ("GFT's tau on val (base 0): " + ", ".join(f"tau {t}: {xs[0]['metrics']['acc_test']:.3f}"
+        lines += ["", (f"GFT's tau on val ({on}): " + ", ".join(f"tau {t}: {val_mean(xs):.3f}"
                                                                 for t, xs in taus if xs) + f"; the GFT row uses {tau_of[r]}")
                   if any(xs for _, xs in taus) else "GFT's tau: 0.7 (quick run: not chosen on val)", ""]
     lines += ["## The paper's claims, every regime, under the pre-registered rule", "",
