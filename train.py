@@ -237,7 +237,7 @@ def check_config(cfg):
         raise ValueError(f"--expert_style {cfg.expert_style} / --digits {cfg.digits} change the built-in task; a "
                          f"--data file brings its own problems (leave them at chain / 2)")
     if cfg.data and cfg.passk_split == "ood":
-        raise ValueError(f"--passk_split ood: a --data file has a test split only (no ood); use test")
+        raise ValueError("--passk_split ood: a --data file has a test split only (no ood); use test")
     if cfg.mode == "grpo" and cfg.n_rollout < 2:
         raise ValueError(f"--n_rollout must be >= 2 for grpo (a group of one has no advantage), got {cfg.n_rollout}")
     if cfg.mode not in ("pretrain", "demo") and not cfg.init:
@@ -352,7 +352,10 @@ def load_problems(cfg, tok, block_size, verbose=False):
             "test": D.make_split(cfg.eval_split, cfg.eval_n, seed=0, cfg=task),  # seed 0: every run, the same problems
             "ood": D.make_split("ood", cfg.eval_n, seed=0, cfg=task),
             "probe": D.make_split("probe", cfg.eval_n, seed=0),
-            "easy": D.make_split("easy", cfg.eval_n, seed=0)}
+            "easy": D.make_split("easy", cfg.eval_n, seed=0),
+            # pass@k's own problems: a split's first ones (make_split keeps its order), passk_problems of them
+            "passk": D.make_split("ood" if cfg.passk_split == "ood" else cfg.eval_split, cfg.passk_problems, seed=0,
+                                  cfg=task)}
 
 
 def check_fits(tok, problems, max_new_tokens, block_size, from_init=False):
@@ -602,7 +605,7 @@ def evaluate(model, tok, splits, cfg, base=None, full=True):
         for s in ("ood", "probe", "easy"):
             if s in splits:
                 r[f"acc_{s}"], _ = greedy_accuracy(model, tok, splits[s], cfg.max_new_tokens)
-        probs = splits[cfg.passk_split][:cfg.passk_problems]
+        probs = splits.get("passk", splits["test"])[:cfg.passk_problems]  # a --data file: its test split
         gen = torch_gen(cfg.seed, 0, "eval", next(model.parameters()).device)
         outs, _ = sample(model, tok, [p.prompt for p in probs], cfg.passk_n, 1.0, cfg.max_new_tokens, gen)
         n = cfg.passk_n

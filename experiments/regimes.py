@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
-from repro import P, final_metrics, launch, slug  # noqa: E402  (experiments/repro.py)
+from repro import P, final_metrics, finished, launch, slug  # noqa: E402  (experiments/repro.py)
 from train import MODE_DEFAULTS, base_band_problem  # noqa: E402
 
 REGIMES = {  # name -> train.py settings
@@ -63,6 +63,7 @@ LRS_FULL = (1e-6, 1e-5, 1e-4, 3e-4, 1e-3)  # --grid full: every rate for every m
 # winner points to: docs/results.md "Replication")
 TAUS = (0.1, 0.5, 0.7)
 EVAL = ["--eval_n", "1000", "--passk_problems", "64", "--passk_n", "64", "--kl_n", "64"]  # standard error <= 0.016
+# step 5 samples only; its greedy splits and KL are already measured, so eval_n and kl_n are kept small
 OOD_PASSK = ["--passk_split", "ood", "--passk_problems", "64", "--passk_n", "64", "--eval_n", "64", "--kl_n", "8"]
 QUICK_EVAL = ["--eval_n", "200", "--passk_problems", "32", "--passk_n", "16", "--kl_n", "32"]
 COLS = ["acc_test", "acc_last2", "acc_ood", "acc_probe", "acc_easy", "pass@1", "pass@16", "pass@64", "pass@1_strict",
@@ -127,11 +128,11 @@ def main():
         if r not in REGIMES:
             raise SystemExit(f"--regimes: unknown regime {r!r}; allowed: {', '.join(REGIMES)}")
     steps = a.steps or (30 if a.quick else 80)
+    if a.jobs < 1 or a.seeds < 1 or steps < 1:
+        raise SystemExit(f"--jobs ({a.jobs}), --seeds ({a.seeds}) and --steps ({steps}) must be >= 1")
     if a.val_bases < 1 or a.val_bases > (len(a.bases) or a.seeds):
         raise SystemExit(f"--val_bases {a.val_bases}: choose 1 to the number of bases ({len(a.bases) or a.seeds})")
     val_bases = range(a.val_bases)
-    if a.jobs < 1 or a.seeds < 1 or steps < 1:
-        raise SystemExit(f"--jobs ({a.jobs}), --seeds ({a.seeds}) and --steps ({steps}) must be >= 1")
     out = a.out or os.path.join(ROOT, "results", "regimes_quick" if a.quick else "regimes")
     runs_dir = os.path.join(out, "runs")
     os.makedirs(runs_dir, exist_ok=True)
@@ -260,15 +261,17 @@ def main():
     # 5. pass@k on the OOD split (5 operands) of the bases and every row's final model: held-out pass@64 is
     #    0.95-1.00 for every base, so there pass@k can only show a method narrowing the base; on OOD the
     #    bases' pass@16 is 0.7-0.9 (README "Results"). Sampling only: the greedy splits are measured above.
-    def ood_dir(x):  # named after the checkpoint's run, so it is reused while that run is (one per shared run)
+    def ood_dir(x):  # a row's is named after its run folder; a GRPO run shared by two regimes is evaluated once
         return (os.path.join(runs_dir, f"base_oodk_{name_of(task_of(x['regime']))}_{x['base']}")
                 if x["row"] == "base" else x["out"] + "_oodk")
 
     def ood_passk(x):
         ev = ood_dir(x)
         init = bases[x["base"]] if x["row"] == "base" else os.path.join(x["out"], "ckpt.pt")
-        if not (os.path.exists(os.path.join(ev, "metrics.jsonl")) and
-                any('"final"' in line for line in open(os.path.join(ev, "metrics.jsonl")))):
+        # reused only if newer than the checkpoint it measured; a base is always measured anew (step 0's
+        # rule: another --bases may sit at the same index)
+        if x["row"] == "base" or not finished(ev) or \
+                os.path.getmtime(os.path.join(ev, "metrics.jsonl")) < os.path.getmtime(init):
             launch(["eval", "--init", init, "--out", ev, "--seed", "0", *task_of(x["regime"]), *dev, *OOD_PASSK],
                    ev + ".log")
         m = final_metrics(ev)[0]
@@ -468,8 +471,9 @@ def report(records, sweep, lrs, tau_of, bases, steps, total, quick, regimes, gri
                 for x in sweep:
                     if x["row"] == n and x["regime"] == r:
                         vals.setdefault(x["lr"], []).append(x)
-                lines.append(f"| {r} | {n} | " + " | ".join(f"{val_mean(vals[x]):.3f} ({val_mean(vals[x], 'kl_base'):.3f})"
-                                                              if x in vals else "-" for x in grid) + " |")
+                lines.append(f"| {r} | {n} | " + " | ".join(
+                    f"{val_mean(vals[x]):.3f} ({val_mean(vals[x], 'kl_base'):.3f})" if x in vals else "-"
+                    for x in grid) + " |")
         lines.append("")
     by = {}
     for x in records:

@@ -100,12 +100,20 @@ def slug(name):
     return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()
 
 
+def finished(out):
+    """Whether a train.py output folder holds a final evaluation."""
+    path = os.path.join(out, "metrics.jsonl")
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        return any('"final"' in line for line in f)
+
+
 def launch(cmd, log, threads=1):
     """Run one train.py command; return its wall time in seconds. A run whose output folder
     already holds a final evaluation is not run again (so an interrupted repro continues)."""
     out = cmd[cmd.index("--out") + 1]
-    if cmd[0] != "eval" and os.path.exists(os.path.join(out, "metrics.jsonl")) and \
-            any('"final"' in l for l in open(os.path.join(out, "metrics.jsonl"))):
+    if cmd[0] != "eval" and finished(out):
         with open(log) as f:
             done = [l for l in f if l.startswith("wall ")]
         return float(done[-1].split()[1]) if done else 0.0
@@ -240,7 +248,7 @@ def main():
         ck = base_ckpt if name == "base" else done[(name, 0)]
         ev = os.path.join(runs_dir, f"passk_{slug(name)}")
         t = launch(["eval", "--init", ck, "--out", ev, "--seed", "0", *dev,
-                    "--eval_n", "16", "--passk_problems", "32" if a.quick else "64",
+                    "--eval_n", "16", "--passk_problems", "16",  # 16 held-out problems (the committed tables')
                     "--passk_n", "16" if a.quick else "64", "--kl_n", "8"], ev + ".log")
         passk[name] = {k: v for k, v in final_metrics(ev)[0].items() if k.startswith("pass@")}
         print(f"pass@k {name}: {t:.0f}s", flush=True)
@@ -318,7 +326,7 @@ def report(records, passk, seeds, steps, total, quick, sweep_records, lrs):
         lines += ["## Part 2: the off-policy and knowledge regimes", "",
                   f"On the same base, {steps} steps per run: `regimes/results.md` beside this file "
                   "(experiments/regimes.py --quick; the control regime is Table 1 above).", ""]
-    lines += [f"## Table 4: pass@k from {max(ks, default=0)} samples per problem (seed 0, held-out problems)", "",
+    lines += [f"## Table 4: pass@k from {max(ks, default=0)} samples per problem (seed 0, 16 held-out problems)", "",
               "| model | " + " | ".join(f"pass@{k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
     for name, v in passk.items():
         lines.append(f"| {name} | " + " | ".join(f"{v.get(f'pass@{k}', float('nan')):.3f}" for k in ks) + " |")

@@ -226,6 +226,10 @@ def test_pass_at_k_is_sampled_on_the_split_passk_split_names(base, monkeypatch):
     assert set(seen[0]).isdisjoint(seen[1])  # the two splits share no problem
     with pytest.raises(ValueError, match="--passk_split ood: a --data file has a test split only"):
         train.make_config(mode="eval", init=base, data="x.jsonl", passk_split="ood")
+    cfg = train.make_config(mode="eval", init=base, eval_n=2, passk_problems=5, passk_n=2, kl_n=2, max_new_tokens=48)
+    splits = train.load_problems(cfg, tok, 96)
+    train.evaluate(model, tok, splits, cfg)  # more pass@k problems than --eval_n: all of them, not eval_n
+    assert seen[-1][:2] == [p.prompt for p in splits["test"]] and len(set(seen[-1])) == 5
 
 
 # ----------------------------------------------------------------------------- the demo
