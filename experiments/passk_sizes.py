@@ -39,12 +39,16 @@ def positive(text):
 
 
 def row(model, tok, k_ops, a):
-    """Greedy accuracy on a.greedy_n problems and pass@k (k in ks(a.n)) on the first a.problems."""
+    """Greedy accuracy on a.greedy_n problems and pass@k (k in ks(a.n)) on the first a.problems,
+    or with a.missed on the first a.problems of those the greedy answer got wrong."""
     probs = D.make_split("ood", max(a.greedy_n, a.problems), seed=0, cfg=D.TaskConfig(ood_ops=k_ops))
     new = max(len(tok.encode(p.expert)) for p in probs) + 8  # the longest solution, its end token and slack
     T.check_fits(tok, probs, new, model.config.block_size, from_init=True)
-    greedy, _ = T.greedy_accuracy(model, tok, probs[:a.greedy_n], new)
-    sub = probs[:a.problems]
+    greedy, wrong = T.greedy_accuracy(model, tok, probs[:a.greedy_n], new)
+    sub = [p for p, _ in wrong][:a.problems] if a.missed else probs[:a.problems]
+    if len(sub) < a.problems:
+        raise SystemExit(f"--missed: the base gets only {len(sub)} of --greedy_n {a.greedy_n} {k_ops}-operand "
+                         f"problems wrong, fewer than --problems {a.problems}: raise --greedy_n or lower --problems")
     dev = next(model.parameters()).device
     outs, _ = T.sample(model, tok, [p.prompt for p in sub], a.n, 1.0, new, T.torch_gen(0, 0, "eval", dev), fast=True)
     right = [sum(D.verify(tok.decode_response(o), p.answer) == 1.0 for o in outs[i * a.n:(i + 1) * a.n])
@@ -63,12 +67,15 @@ def main():
     ap.add_argument("--problems", type=positive, default=64, help="problems per size for pass@k")
     ap.add_argument("--n", type=positive, default=64, help="samples per problem (pass@k for k = 1, 4, 16, ... <= n)")
     ap.add_argument("--greedy_n", type=positive, default=1000, help="problems per size for greedy accuracy")
+    ap.add_argument("--missed", action="store_true", help="pass@k on problems the base gets wrong greedily "
+                    "(the first --problems of them): are its failures per problem or per sample?")
     ap.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu or cuda")
     ap.add_argument("--out", default="", help="also write the table to this markdown file")
     a = ap.parse_args()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     tok = D.Tokenizer()
-    lines = [f"Greedy accuracy on {a.greedy_n} problems and pass@k from {a.n} samples of {a.problems} problems at "
+    which = "problems the base gets wrong greedily" if a.missed else "problems"
+    lines = [f"Greedy accuracy on {a.greedy_n} problems and pass@k from {a.n} samples of {a.problems} {which} at "
              f"T = 1, per operand count: `python experiments/passk_sizes.py {' '.join(sys.argv[1:])}`", "",
              "| base | operands | greedy | " + " | ".join(f"pass@{k}" for k in ks(a.n)) + " |",
              "|---" * (len(ks(a.n)) + 3) + "|"]
