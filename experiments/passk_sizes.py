@@ -46,7 +46,7 @@ def row(model, tok, k_ops, a):
     T.check_fits(tok, probs, new, model.config.block_size, from_init=True)
     greedy, wrong = T.greedy_accuracy(model, tok, probs[:a.greedy_n], new)
     sub = [p for p, _ in wrong][:a.problems] if a.missed else probs[:a.problems]
-    if len(sub) < a.problems:
+    if a.missed and len(sub) < a.problems:  # without --missed the split has max(greedy_n, problems) problems
         raise SystemExit(f"--missed: the base gets only {len(sub)} of --greedy_n {a.greedy_n} {k_ops}-operand "
                          f"problems wrong, fewer than --problems {a.problems}: raise --greedy_n or lower --problems")
     dev = next(model.parameters()).device
