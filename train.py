@@ -80,6 +80,10 @@ class Config:
                             "and tree for the demo", choices=tuple(D.EXPERT_STYLES))
     digits: int = opt(2, "digits per operand of the built-in fine-tuning and held-out problems; pretraining "
                       "always has 2, so 3 is knowledge the base lacks (both probes stay pretraining's)", lo=1, hi=6)
+    ood_ops: int = opt(5, "operands of the built-in ood split's sums (fine-tuning's have 4); 6 wants a base "
+                       "pretrained on some 6-operand sums (--base_mix)", lo=5, hi=8)
+    base_mix: str = opt("", "pretrain: operand counts and weights of the pretraining sums, as "
+                        "'2:0.25,3:0.45,4:0.15,5:0.15' (weights are relative); unset: data.TaskConfig.base_mix")
     sft_teachers: int = opt(0, "sft/dft: correct teacher solutions per prompt beside its expert, SFT(mix); "
                             "a step keeps --batch_size sequences, from batch_size / (1 + this) prompts", lo=0)
     # optimisation
@@ -233,6 +237,13 @@ def check_config(cfg):
     if cfg.mode == "gft" and cfg.prompts_per_step % cfg.updates_per_batch:
         raise ValueError(f"--prompts_per_step {cfg.prompts_per_step} must be a multiple of --updates_per_batch "
                          f"{cfg.updates_per_batch} (each update takes an equal slice of the groups)")
+    if cfg.base_mix:
+        if cfg.mode != "pretrain":
+            raise ValueError(f"--base_mix {cfg.base_mix} is for pretrain: fine-tuning's problems are --digits / "
+                             f"--ood_ops settings; leave it unset for mode {cfg.mode}")
+        parse_mix(cfg.base_mix)  # raises on a malformed mix
+    if cfg.data and cfg.ood_ops != 5:
+        raise ValueError(f"--ood_ops {cfg.ood_ops}: a --data file has a test split only (no ood); leave it at 5")
     if cfg.data and (cfg.expert_style != "chain" or cfg.digits != 2):
         raise ValueError(f"--expert_style {cfg.expert_style} / --digits {cfg.digits} change the built-in task; a "
                          f"--data file brings its own problems (leave them at chain / 2)")
@@ -247,6 +258,16 @@ def check_config(cfg):
     if cfg.block_size is not None and cfg.max_new_tokens >= cfg.block_size:  # else run's check_fits, on the model
         raise ValueError(f"--max_new_tokens {cfg.max_new_tokens} must be < --block_size {cfg.block_size}")
     return cfg
+
+
+def parse_mix(text):
+    """'2:0.25,3:0.45' -> {2: 0.25, 3: 0.45}, checked by data.TaskConfig; errors name --base_mix."""
+    try:
+        mix = {int(k): float(w) for k, w in (kv.split(":") for kv in text.split(","))}
+        return D.TaskConfig(base_mix=mix).base_mix
+    except ValueError as e:
+        raise ValueError(f"--base_mix {text!r}: write operand counts >= 2 and weights >= 0 as "
+                         f"'2:0.25,3:0.45,4:0.15,5:0.15' ({e})") from None
 
 
 def make_config(**settings):
@@ -346,7 +367,7 @@ def load_problems(cfg, tok, block_size, verbose=False):
         return {"train": probs[:-n_test], "test": probs[-n_test:]}
     # the expert's style touches the fine-tuning pool only: the held-out splits' experts anchor KL, the same in
     # both styles; --digits changes every split but the two probes, which test what pretraining taught
-    task = D.TaskConfig(digits=cfg.digits)
+    task = D.TaskConfig(digits=cfg.digits, ood_ops=cfg.ood_ops)
     return {"train": D.make_split("train", cfg.n_prompts, seed=cfg.seed,
                                   cfg=D.TaskConfig(digits=cfg.digits, expert_style=cfg.expert_style)),
             "test": D.make_split(cfg.eval_split, cfg.eval_n, seed=0, cfg=task),  # seed 0: every run, the same problems
@@ -495,8 +516,8 @@ def step_groups(model, tok, cfg, step, pool, rank, world):
     """This step's groups for this rank, as the mode builds them, and info for the logs."""
     if cfg.mode == "pretrain":  # language modelling on the base mix, loss on the solution only
         rng = step_rng(cfg.seed, step, "base")
-        probs = D.make_split("base", cfg.batch_size, seed=f"{cfg.seed}:{step}")[rank::world]
-        task = D.TaskConfig()
+        task = D.TaskConfig(base_mix=parse_mix(cfg.base_mix)) if cfg.base_mix else D.TaskConfig()
+        probs = D.make_split("base", cfg.batch_size, seed=f"{cfg.seed}:{step}", cfg=task)[rank::world]
         groups = [gft.Group(tok.encode(p.prompt),
                             [gft.Response(tok.encode(D.pretrain_solution(p, rng, task)) + [tok.eos_id], "expert", 1.0)])
                   for p in probs]

@@ -2,6 +2,7 @@
 
     python experiments/base_seeds.py --seeds 1-10 --threads 1 --jobs 2     # the gated recipe
     python experiments/base_seeds.py --seeds 1-10 --recipe fixed1500       # the old one, for comparison
+    python experiments/base_seeds.py --seeds 1-3 --train_args "--base_mix 2:.25,3:.4,4:.15,5:.15,6:.05 --ood_ops 6"
 
 Each seed is a plain `python train.py pretrain --seed S ...` subprocess with OMP_NUM_THREADS set
 to --threads, --jobs at a time. Its final evaluation (held-out greedy accuracy, pass@1 at T=1
@@ -14,6 +15,7 @@ Prints one row per seed and a summary; appends each row, as its seed ends, to
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -38,7 +40,7 @@ def seeds_arg(text):
 def one_seed(seed, a):
     out = os.path.join(a.work, f"{a.recipe}_{a.device}_t{a.threads}_s{seed}")
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), "pretrain", "--out", out, "--seed", str(seed),
-           "--device", a.device, "--log_every", "250", *RECIPES[a.recipe]]
+           "--device", a.device, "--log_every", "250", *RECIPES[a.recipe], *shlex.split(a.train_args)]
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads), PYTHONUNBUFFERED="1")
     t0 = time.time()
     with open(out + ".log", "w") as f:
@@ -66,12 +68,14 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="OMP threads per run")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time")
     ap.add_argument("--device", default="cpu", help="train.py --device")
+    ap.add_argument("--train_args", default="", help="more train.py pretrain settings, e.g. '--base_mix ...'")
     ap.add_argument("--work", default=os.path.join(ROOT, "out", "base_seeds"), help="run folders")
     ap.add_argument("--out", default=os.path.join(ROOT, "results", "base_seeds"), help="where the rows go")
     a = ap.parse_args()
     os.makedirs(a.work, exist_ok=True)
     os.makedirs(a.out, exist_ok=True)
-    print(f"base_seeds: recipe {a.recipe}, seeds {a.seeds}, {a.threads} thread(s) x {a.jobs} job(s) on {a.device}; "
+    print(f"base_seeds: recipe {a.recipe} {a.train_args}, seeds {a.seeds}, {a.threads} thread(s) x {a.jobs} job(s) "
+          f"on {a.device}; "
           f"band: held-out pass@1 in {list(BASE_BAND)}", flush=True)
     with ThreadPoolExecutor(a.jobs) as ex:
         rows = list(ex.map(lambda s: one_seed(s, a), a.seeds))

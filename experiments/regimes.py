@@ -7,6 +7,8 @@
     python experiments/regimes.py --regimes knowledge      # some regimes (finished training runs are reused)
     python experiments/regimes.py --grid full --out DIR    # every rate of LRS_FULL for every method (no bracketing)
     python experiments/regimes.py --val_bases 3            # rates and tau by the mean val accuracy of 3 bases
+    python experiments/regimes.py --base_mix 2:0.25,3:0.40,4:0.15,5:0.15,6:0.05 --ood_ops 6   # bases that
+                                                           # start 6-operand sums; OOD at 6 (README "Results")
 
 Three regimes, each one or two settings of train.py (README "Three regimes"):
     control     the expert writes running sums, as pretraining did: on-policy for the base
@@ -112,6 +114,9 @@ def main():
     ap.add_argument("--val_bases", type=int, default=1, help="bases whose val runs choose each rate and tau, by "
                     "their mean val accuracy (1: base 0 only, the registered protocol; a rate chosen on one base "
                     "may not transfer: docs/results.md \"Full grid\")")
+    ap.add_argument("--ood_ops", type=int, default=5, help="operands of the OOD split (train.py --ood_ops)")
+    ap.add_argument("--base_mix", default="", help="the new bases' pretraining mix (train.py --base_mix); "
+                    "unset: data.TaskConfig's")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default="", help="output folder (default results/regimes/ or results/regimes_quick/)")
     ap.add_argument("--figures", default="", metavar="DIR",
@@ -137,7 +142,9 @@ def main():
     runs_dir = os.path.join(out, "runs")
     os.makedirs(runs_dir, exist_ok=True)
     ev_args = QUICK_EVAL if a.quick else EVAL
-    dev = ["--device", a.device]
+    if a.base_mix and a.bases:
+        raise SystemExit("--base_mix is how new bases are pretrained: it cannot apply to the given --bases")
+    dev = ["--device", a.device, "--ood_ops", str(a.ood_ops)]  # every train.py run
     t0 = time.time()
 
     # 0. the bases: given, or pretrained until the gate is met; each must be in the band
@@ -146,7 +153,7 @@ def main():
         def pretrain(seed):
             d = os.path.join(runs_dir, f"base_s{seed}")
             launch(["pretrain", "--out", d, "--seed", str(1337 + seed), "--log_every", "250", "--ckpt_every", "500",
-                    "--resume", "true", *dev], d + ".log")
+                    "--resume", "true", *dev, *(["--base_mix", a.base_mix] if a.base_mix else [])], d + ".log")
             return os.path.join(d, "ckpt.pt")
         with ThreadPoolExecutor(a.jobs) as ex:
             bases = list(ex.map(pretrain, range(1 if a.quick else a.seeds)))
@@ -180,7 +187,7 @@ def main():
         styles = sorted({REGIMES[r][1] for r in regimes if task_of(r) == task})
         digits = task[task.index("--digits") + 1] if "--digits" in task else "2"
         subprocess.run([sys.executable, os.path.join(HERE, "premise.py"), "--init", *bases, "--out", out, "--styles",
-                        ",".join(styles), "--digits", digits, *dev], check=True, env=dict(os.environ, OMP_NUM_THREADS="2"))
+                        ",".join(styles), "--digits", digits, "--device", a.device], check=True, env=dict(os.environ, OMP_NUM_THREADS="2"))
     recipe = rows(steps, P * steps)
 
     def shared(name, regime):  # a GRPO run of another regime on the same problems serves this one
@@ -258,7 +265,7 @@ def main():
                      for r in regimes for n in recipe for i in range(len(bases))
                      if not (a.quick and n == "SFT (10x prompts)")])
 
-    # 5. pass@k on the OOD split (5 operands) of the bases and every row's final model: held-out pass@64 is
+    # 5. pass@k on the OOD split (--ood_ops operands, 5 by default) of the bases and every row's final model: held-out pass@64 is
     #    0.95-1.00 for every base, so there pass@k can only show a method narrowing the base; on OOD the
     #    bases' pass@16 is 0.7-0.9 (README "Results"). Sampling only: the greedy splits are measured above.
     def ood_dir(x):  # a row's is named after its run folder; a GRPO run shared by two regimes is evaluated once

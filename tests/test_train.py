@@ -232,6 +232,34 @@ def test_pass_at_k_is_sampled_on_the_split_passk_split_names(base, monkeypatch):
     assert seen[-1][:2] == [p.prompt for p in splits["test"]] and len(set(seen[-1])) == 5
 
 
+
+def test_base_mix_sets_pretraining_s_operand_counts_and_ood_ops_the_ood_split_s(base):
+    tok = train.D.Tokenizer()
+    cfg = train.make_config(mode="pretrain", base_mix="6:1", batch_size=64)
+    groups, _ = train.step_groups(None, tok, cfg, 0, None, 0, 1)
+    sums = [tok.decode(g.prompt) for g in groups if "-" not in tok.decode(g.prompt)]
+    assert len(sums) > 40 and all(p.count("+") == 5 for p in sums)  # 6 operands; the rest are probe rows
+    unset, default = [[g.prompt for g in train.step_groups(None, tok, train.make_config(mode="pretrain", base_mix=m),
+                                                           3, None, 0, 1)[0]] for m in ("", "2:0.25,3:0.45,4:0.15,5:0.15")]
+    assert unset == default  # unset is data.TaskConfig's mix: the same problems
+    cfg = train.make_config(mode="eval", init=base, eval_n=8, ood_ops=6)
+    splits = train.load_problems(cfg, tok, 96)
+    assert all(len(p.operands) == 6 for p in splits["ood"]) and all(len(p.operands) == 4 for p in splits["test"])
+
+
+@pytest.mark.parametrize("settings, pattern", [
+    (dict(mode="pretrain", base_mix="2:0.5,3"), r"--base_mix '2:0.5,3': write operand counts"),
+    (dict(mode="pretrain", base_mix="1:1"), r"--base_mix '1:1': write operand counts >= 2"),
+    (dict(mode="pretrain", base_mix="2:-1,3:1"), r"--base_mix '2:-1,3:1'"),
+    (dict(mode="sft", init="x.pt", base_mix="2:1"), r"--base_mix 2:1 is for pretrain"),
+    (dict(mode="eval", init="x.pt", data="x.jsonl", ood_ops=6), r"--ood_ops 6: a --data file has a test split only"),
+    (dict(mode="eval", init="x.pt", ood_ops=4), r"--ood_ops 4 is out of range \[5, 8\]"),
+])
+def test_task_settings_out_of_place_or_malformed_are_errors_naming_them(settings, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        train.make_config(**settings)
+
+
 # ----------------------------------------------------------------------------- the demo
 
 LP = {"chain": -0.05, "tree": -2.5}
