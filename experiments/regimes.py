@@ -187,7 +187,8 @@ def main():
         styles = sorted({REGIMES[r][1] for r in regimes if task_of(r) == task})
         digits = task[task.index("--digits") + 1] if "--digits" in task else "2"
         subprocess.run([sys.executable, os.path.join(HERE, "premise.py"), "--init", *bases, "--out", out, "--styles",
-                        ",".join(styles), "--digits", digits, "--device", a.device], check=True, env=dict(os.environ, OMP_NUM_THREADS="2"))
+                        ",".join(styles), "--digits", digits, "--device", a.device], check=True,
+                       env=dict(os.environ, OMP_NUM_THREADS="2"))
     recipe = rows(steps, P * steps)
 
     def shared(name, regime):  # a GRPO run of another regime on the same problems serves this one
@@ -265,9 +266,10 @@ def main():
                      for r in regimes for n in recipe for i in range(len(bases))
                      if not (a.quick and n == "SFT (10x prompts)")])
 
-    # 5. pass@k on the OOD split (--ood_ops operands, 5 by default) of the bases and every row's final model: held-out pass@64 is
-    #    0.95-1.00 for every base, so there pass@k can only show a method narrowing the base; on OOD the
-    #    bases' pass@16 is 0.7-0.9 (README "Results"). Sampling only: the greedy splits are measured above.
+    # 5. pass@k on the OOD split (--ood_ops operands, 5 by default) of the bases and every row's final model:
+    #    held-out pass@64 is 0.95-1.00 for every base, so there pass@k can only show a method narrowing the
+    #    base; on OOD the bases' pass@16 is 0.7-0.9 (README "Results"). Sampling only: the greedy splits are
+    #    measured above.
     def ood_dir(x):  # a row's is named after its run folder; a GRPO run shared by two regimes is evaluated once
         return (os.path.join(runs_dir, f"base_oodk_{name_of(task_of(x['regime']))}_{x['base']}")
                 if x["row"] == "base" else x["out"] + "_oodk")

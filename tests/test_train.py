@@ -232,7 +232,6 @@ def test_pass_at_k_is_sampled_on_the_split_passk_split_names(base, monkeypatch):
     assert seen[-1][:2] == [p.prompt for p in splits["test"]] and len(set(seen[-1])) == 5
 
 
-
 def test_base_mix_sets_pretraining_s_operand_counts_and_ood_ops_the_ood_split_s(base):
     tok = train.D.Tokenizer()
     cfg = train.make_config(mode="pretrain", base_mix="6:1", batch_size=64)
