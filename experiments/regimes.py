@@ -144,7 +144,7 @@ def main():
     ev_args = QUICK_EVAL if a.quick else EVAL
     if a.base_mix and a.bases:
         raise SystemExit("--base_mix is how new bases are pretrained: it cannot apply to the given --bases")
-    dev = ["--device", a.device, "--ood_ops", str(a.ood_ops)]  # every train.py run
+    run_flags = ["--device", a.device, "--ood_ops", str(a.ood_ops)]  # every train.py run takes both
     t0 = time.time()
 
     # 0. the bases: given, or pretrained until the gate is met; each must be in the band
@@ -153,7 +153,7 @@ def main():
         def pretrain(seed):
             d = os.path.join(runs_dir, f"base_s{seed}")
             launch(["pretrain", "--out", d, "--seed", str(1337 + seed), "--log_every", "250", "--ckpt_every", "500",
-                    "--resume", "true", *dev, *(["--base_mix", a.base_mix] if a.base_mix else [])], d + ".log")
+                    "--resume", "true", *run_flags, *(["--base_mix", a.base_mix] if a.base_mix else [])], d + ".log")
             return os.path.join(d, "ckpt.pt")
         with ThreadPoolExecutor(a.jobs) as ex:
             bases = list(ex.map(pretrain, range(1 if a.quick else a.seeds)))
@@ -169,7 +169,7 @@ def main():
     def base_eval(job):  # the base on each regime's problems
         task, i = job
         ev = os.path.join(runs_dir, f"base_eval_{name_of(task) + '_' if task else ''}{i}")
-        launch(["eval", "--init", bases[i], "--out", ev, "--seed", "0", *task, *dev, *ev_args], ev + ".log")
+        launch(["eval", "--init", bases[i], "--out", ev, "--seed", "0", *task, *run_flags, *ev_args], ev + ".log")
         return final_metrics(ev)[0]
     jobs = [(t, i) for t in tasks for i in range(len(bases))]
     with ThreadPoolExecutor(a.jobs) as ex:
@@ -205,7 +205,7 @@ def main():
         evs = ["--eval_split", "val", "--eval_n", "200", "--passk_problems", "8", "--passk_n", "2", "--kl_n", "8",
                "--eval_every", "0"] if val else ev_args
         cmd = [*args, *flags, "--lr", str(lr), "--init", bases[base_i], "--out", run_out, "--seed", str(base_i),
-               *dev, *evs]
+               *run_flags, *evs]
         t = launch(cmd, run_out + ".log")
         fin, curve = final_metrics(run_out)
         if fin["step"] != steps:  # launch reuses a finished run: it must be one of this many steps
@@ -281,7 +281,7 @@ def main():
         # rule: another --bases may sit at the same index)
         if x["row"] == "base" or not finished(ev) or \
                 os.path.getmtime(os.path.join(ev, "metrics.jsonl")) < os.path.getmtime(init):
-            launch(["eval", "--init", init, "--out", ev, "--seed", "0", *task_of(x["regime"]), *dev, *OOD_PASSK],
+            launch(["eval", "--init", init, "--out", ev, "--seed", "0", *task_of(x["regime"]), *run_flags, *OOD_PASSK],
                    ev + ".log")
         m = final_metrics(ev)[0]
         return {f"ood_{k}": m[k] for k in ("pass@1", "pass@16", "pass@64")}
