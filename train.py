@@ -80,8 +80,10 @@ class Config:
                             "and tree for the demo", choices=tuple(D.EXPERT_STYLES))
     digits: int = opt(2, "digits per operand of the built-in fine-tuning and held-out problems; pretraining "
                       "always has 2, so 3 is knowledge the base lacks (both probes stay pretraining's)", lo=1, hi=6)
-    ood_ops: int = opt(5, "operands of the built-in ood split's sums (fine-tuning's have 4); 6 wants a base "
-                       "pretrained on some 6-operand sums (--base_mix)", lo=5, hi=8)
+    train_ops: int = opt(4, "operands of the built-in fine-tuning, val and held-out test sums; above 5 wants a "
+                         "base pretrained on some sums that long (--base_mix)", lo=3, hi=7)
+    ood_ops: int = opt(5, "operands of the built-in ood split's sums, more than --train_ops; 6 or more wants a "
+                       "base pretrained on some 6-operand sums (--base_mix)", lo=4, hi=8)
     base_mix: str = opt("", "pretrain: operand counts and weights of the pretraining sums, as "
                         "'2:0.25,3:0.45,4:0.15,5:0.15' (weights are relative); unset: data.TaskConfig.base_mix")
     sft_teachers: int = opt(0, "sft/dft: correct teacher solutions per prompt beside its expert, SFT(mix); "
@@ -242,8 +244,15 @@ def check_config(cfg):
             raise ValueError(f"--base_mix {cfg.base_mix} is for pretrain: fine-tuning's problems are --digits / "
                              f"--ood_ops settings; leave it unset for mode {cfg.mode}")
         parse_mix(cfg.base_mix)  # raises on a malformed mix
-    if cfg.data and cfg.ood_ops != 5:
-        raise ValueError(f"--ood_ops {cfg.ood_ops}: a --data file has a test split only (no ood); leave it at 5")
+    if cfg.data and (cfg.ood_ops != 5 or cfg.train_ops != 4):
+        raise ValueError(f"--train_ops {cfg.train_ops} / --ood_ops {cfg.ood_ops} shape the built-in task; a --data "
+                         f"file brings its own problems (leave them at 4 / 5)")
+    if cfg.ood_ops <= cfg.train_ops:
+        raise ValueError(f"--ood_ops {cfg.ood_ops} must be more than --train_ops {cfg.train_ops}: the ood split is "
+                         f"the held-out test's sums made longer")
+    if cfg.mode in ("pretrain", "demo") and cfg.train_ops != 4:
+        raise ValueError(f"--train_ops {cfg.train_ops}: mode {cfg.mode}'s gate is on 4-operand sums, the band "
+                         f"every base is checked in; fine-tune at another size with sft / dft / gft / grpo / eval")
     if cfg.data and (cfg.expert_style != "chain" or cfg.digits != 2):
         raise ValueError(f"--expert_style {cfg.expert_style} / --digits {cfg.digits} change the built-in task; a "
                          f"--data file brings its own problems (leave them at chain / 2)")
@@ -367,9 +376,9 @@ def load_problems(cfg, tok, block_size, verbose=False):
         return {"train": probs[:-n_test], "test": probs[-n_test:]}
     # the expert's style touches the fine-tuning pool only: the held-out splits' experts anchor KL, the same in
     # both styles; --digits changes every split but the two probes, which test what pretraining taught
-    task = D.TaskConfig(digits=cfg.digits, ood_ops=cfg.ood_ops)
-    return {"train": D.make_split("train", cfg.n_prompts, seed=cfg.seed,
-                                  cfg=D.TaskConfig(digits=cfg.digits, expert_style=cfg.expert_style)),
+    task = D.TaskConfig(digits=cfg.digits, train_ops=cfg.train_ops, ood_ops=cfg.ood_ops)
+    return {"train": D.make_split("train", cfg.n_prompts, seed=cfg.seed, cfg=D.TaskConfig(
+                digits=cfg.digits, train_ops=cfg.train_ops, expert_style=cfg.expert_style)),
             "test": D.make_split(cfg.eval_split, cfg.eval_n, seed=0, cfg=task),  # seed 0: every run, the same problems
             "ood": D.make_split("ood", cfg.eval_n, seed=0, cfg=task),
             "probe": D.make_split("probe", cfg.eval_n, seed=0),

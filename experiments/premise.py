@@ -93,6 +93,8 @@ def main():
                     f"({', '.join(D.EXPERT_STYLES)})")
     ap.add_argument("--digits", type=int, default=2, help="digits per operand (3: knowledge the base lacks); "
                     "writes premise_digits<D>.md when not 2")
+    ap.add_argument("--train_ops", type=int, default=4, help="operands per sum (train.py --train_ops)")
+    ap.add_argument("--max_new_tokens", type=int, default=0, help="rollout budget (0: 64, or 72 for 3 digits)")
     ap.add_argument("--n", type=int, default=64, help="val prompts (each gives 1 expert, 3 teacher, 4 rollouts)")
     ap.add_argument("--tau", type=float, default=0.7, help="the DCR threshold for p < tau and GFT's gradient")
     ap.add_argument("--device", default="auto")
@@ -110,16 +112,18 @@ def main():
         tok = D.Tokenizer(ck.get("tokenizer", "bytes"))
         for st in styles:
             cfg = train.make_config(mode="gft", init=init, tau=a.tau, device=a.device, expert_style=st, digits=a.digits,
-                                    max_new_tokens=72 if a.digits > 2 else 64)
-            problems = D.make_split("val", a.n, seed=0, cfg=D.TaskConfig(digits=a.digits, expert_style=st))
+                                    train_ops=a.train_ops, ood_ops=max(5, a.train_ops + 1),
+                                    max_new_tokens=a.max_new_tokens or (72 if a.digits > 2 else 64))
+            problems = D.make_split("val", a.n, seed=0, cfg=D.TaskConfig(digits=a.digits, train_ops=a.train_ops,
+                                                                          expert_style=st))
             res = diagnose(model, tok, problems, cfg, a.tau)
             results.append((init, st, res))
             print(f"{init} | expert {st}: {verdict(res)} (expert mean log-prob {res['expert']['mean_logprob']:.3f}, "
                   f"rollouts {res['rollout']['mean_logprob']:.3f})", flush=True)
             with open(os.path.join(a.out, "premise.jsonl"), "a") as f:
-                f.write(json.dumps({"init": init, "expert_style": st, "digits": a.digits, "tau": a.tau, "n": a.n, "sources": res,
+                f.write(json.dumps({"init": init, "expert_style": st, "digits": a.digits, "train_ops": a.train_ops, "tau": a.tau, "n": a.n, "sources": res,
                                     "verdict": verdict(res)}) + "\n")
-    text = (f"Premise diagnostics ({a.n} val prompts of {a.digits}-digit operands per base; 1 expert + 3 teacher + 4 rollouts at T=1 each; "
+    text = (f"Premise diagnostics ({a.n} val prompts of {a.train_ops} {a.digits}-digit operands per base; 1 expert + 3 teacher + 4 rollouts at T=1 each; "
             f"gradient norms before clipping, GFT at tau {a.tau} with advantage 1; verdict: "
             f"experiments/premise.py:verdict)\n\n" + table(results, a.tau))
     print(text)

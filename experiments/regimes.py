@@ -114,7 +114,11 @@ def main():
     ap.add_argument("--val_bases", type=int, default=1, help="bases whose val runs choose each rate and tau, by "
                     "their mean val accuracy (1: base 0 only, the registered protocol; a rate chosen on one base "
                     "may not transfer: docs/results.md \"Full grid\")")
+    ap.add_argument("--train_ops", type=int, default=4, help="operands of the fine-tuning, val and held-out sums "
+                    "(train.py --train_ops); the bases' band is checked at 4, where their gate is")
     ap.add_argument("--ood_ops", type=int, default=5, help="operands of the OOD split (train.py --ood_ops)")
+    ap.add_argument("--max_new_tokens", type=int, default=0, help="every run's rollout budget (train.py "
+                    "--max_new_tokens; 7-operand sums need 74); 0: each regime's own (64; knowledge 72)")
     ap.add_argument("--base_mix", default="", help="the new bases' pretraining mix (train.py --base_mix); "
                     "unset: data.TaskConfig's")
     ap.add_argument("--device", default="auto")
@@ -144,7 +148,11 @@ def main():
     ev_args = QUICK_EVAL if a.quick else EVAL
     if a.base_mix and a.bases:
         raise SystemExit("--base_mix is how new bases are pretrained: it cannot apply to the given --bases")
-    run_flags = ["--device", a.device, "--ood_ops", str(a.ood_ops)]  # every train.py run takes both
+    run_flags = ["--device", a.device, "--ood_ops", str(a.ood_ops),  # every train.py run takes these (after
+                 *(["--max_new_tokens", str(a.max_new_tokens)] if a.max_new_tokens else [])]  # its regime's)
+    if a.train_ops != 4:  # the fine-tuning size is part of every regime's problems (task_of), so the band
+        for r in REGIMES:  # check, on the bases' own 4-operand task (), is a separate evaluation
+            REGIMES[r] = REGIMES[r] + ["--train_ops", str(a.train_ops)]
     t0 = time.time()
 
     # 0. the bases: given, or pretrained until the gate is met; each must be in the band
@@ -187,7 +195,8 @@ def main():
         styles = sorted({REGIMES[r][1] for r in regimes if task_of(r) == task})
         digits = task[task.index("--digits") + 1] if "--digits" in task else "2"
         subprocess.run([sys.executable, os.path.join(HERE, "premise.py"), "--init", *bases, "--out", out, "--styles",
-                        ",".join(styles), "--digits", digits, "--device", a.device], check=True,
+                        ",".join(styles), "--digits", digits, "--train_ops", str(a.train_ops), "--max_new_tokens",
+                        str(a.max_new_tokens), "--device", a.device], check=True,
                        env=dict(os.environ, OMP_NUM_THREADS="2"))
     recipe = rows(steps, P * steps)
 

@@ -246,13 +246,33 @@ def test_base_mix_sets_pretraining_s_operand_counts_and_ood_ops_the_ood_split_s(
     assert all(len(p.operands) == 6 for p in splits["ood"]) and all(len(p.operands) == 4 for p in splits["test"])
 
 
+@pytest.mark.parametrize("style", ["chain", "tree"])
+def test_train_ops_sets_the_fine_tuning_and_held_out_sums_and_leaves_the_probes(style):
+    tok = train.D.Tokenizer()
+    cfg = train.make_config(mode="gft", init="x.pt", eval_n=16, n_prompts=32, train_ops=6, ood_ops=7,
+                            expert_style=style)
+    splits = train.load_problems(cfg, tok, 128)
+    for name, ops in (("train", 6), ("test", 6), ("passk", 6), ("ood", 7), ("easy", 2), ("probe", 2)):
+        assert {len(p.operands) for p in splits[name]} == {ops}, name
+    form = train.D.EXPERT_STYLES[style]  # the fine-tuning pool's experts in the asked form, every answer right
+    assert all(p.expert == form(p.operands) and train.D.verify(p.expert, p.answer) for p in splits["train"])
+    default = train.load_problems(train.make_config(mode="gft", init="x.pt", eval_n=16, n_prompts=32), tok, 128)
+    assert [p.prompt for p in default["probe"]] == [p.prompt for p in splits["probe"]]
+
+
 @pytest.mark.parametrize("settings, pattern", [
     (dict(mode="pretrain", base_mix="2:0.5,3"), r"--base_mix '2:0.5,3': write operand counts"),
     (dict(mode="pretrain", base_mix="1:1"), r"--base_mix '1:1': write operand counts >= 2"),
     (dict(mode="pretrain", base_mix="2:-1,3:1"), r"--base_mix '2:-1,3:1'"),
     (dict(mode="sft", init="x.pt", base_mix="2:1"), r"--base_mix 2:1 is for pretrain"),
-    (dict(mode="eval", init="x.pt", data="x.jsonl", ood_ops=6), r"--ood_ops 6: a --data file has a test split only"),
-    (dict(mode="eval", init="x.pt", ood_ops=4), r"--ood_ops 4 is out of range \[5, 8\]"),
+    (dict(mode="eval", init="x.pt", data="x.jsonl", ood_ops=6), r"--train_ops 4 / --ood_ops 6 shape the built-in"),
+    (dict(mode="eval", init="x.pt", data="x.jsonl", train_ops=3), r"--train_ops 3 / --ood_ops 5 shape the built-in"),
+    (dict(mode="eval", init="x.pt", ood_ops=9), r"--ood_ops 9 is out of range \[4, 8\]"),
+    (dict(mode="eval", init="x.pt", train_ops=2), r"--train_ops 2 is out of range \[3, 7\]"),
+    (dict(mode="eval", init="x.pt", train_ops=6, ood_ops=6), r"--ood_ops 6 must be more than --train_ops 6"),
+    (dict(mode="gft", init="x.pt", train_ops=5), r"--ood_ops 5 must be more than --train_ops 5"),
+    (dict(mode="pretrain", train_ops=5, ood_ops=6), r"--train_ops 5: mode pretrain's gate is on 4-operand sums"),
+    (dict(mode="demo", train_ops=3), r"--train_ops 3: mode demo's gate"),
 ])
 def test_task_settings_out_of_place_or_malformed_are_errors_naming_them(settings, pattern):
     with pytest.raises(ValueError, match=pattern):
