@@ -242,7 +242,7 @@ def check_config(cfg):
     if cfg.base_mix:
         if cfg.mode != "pretrain":
             raise ValueError(f"--base_mix {cfg.base_mix} is for pretrain: fine-tuning's problems are --digits / "
-                             f"--ood_ops settings; leave it unset for mode {cfg.mode}")
+                             f"--train_ops / --ood_ops settings; leave it unset for mode {cfg.mode}")
         parse_mix(cfg.base_mix)  # raises on a malformed mix
     if cfg.data and (cfg.ood_ops != 5 or cfg.train_ops != 4):
         raise ValueError(f"--train_ops {cfg.train_ops} / --ood_ops {cfg.ood_ops} shape the built-in task; a --data "

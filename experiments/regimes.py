@@ -9,6 +9,8 @@
     python experiments/regimes.py --val_bases 3            # rates and tau by the mean val accuracy of 3 bases
     python experiments/regimes.py --base_mix 2:0.25,3:0.40,4:0.15,5:0.15,6:0.05 --ood_ops 6   # bases that
                                                            # start 6-operand sums; OOD at 6 (README "Results")
+    python experiments/regimes.py --bases S1 S2 S3 --train_ops 6 --ood_ops 7 --max_new_tokens 96   # fine-tune
+                                                           # and test on 6-operand sums, where those bases are weak
 
 Three regimes, each one or two settings of train.py (README "Three regimes"):
     control     the expert writes running sums, as pretraining did: on-policy for the base
