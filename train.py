@@ -377,8 +377,8 @@ def load_problems(cfg, tok, block_size, verbose=False):
     # the expert's style touches the fine-tuning pool only: the held-out splits' experts anchor KL, the same in
     # both styles; --digits changes every split but the two probes, which test what pretraining taught
     task = D.TaskConfig(digits=cfg.digits, train_ops=cfg.train_ops, ood_ops=cfg.ood_ops)
-    return {"train": D.make_split("train", cfg.n_prompts, seed=cfg.seed, cfg=D.TaskConfig(
-                digits=cfg.digits, train_ops=cfg.train_ops, expert_style=cfg.expert_style)),
+    return {"train": D.make_split("train", cfg.n_prompts, seed=cfg.seed,
+                                  cfg=dataclasses.replace(task, expert_style=cfg.expert_style)),
             "test": D.make_split(cfg.eval_split, cfg.eval_n, seed=0, cfg=task),  # seed 0: every run, the same problems
             "ood": D.make_split("ood", cfg.eval_n, seed=0, cfg=task),
             "probe": D.make_split("probe", cfg.eval_n, seed=0),

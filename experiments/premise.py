@@ -112,7 +112,8 @@ def main():
         tok = D.Tokenizer(ck.get("tokenizer", "bytes"))
         for st in styles:
             cfg = train.make_config(mode="gft", init=init, tau=a.tau, device=a.device, expert_style=st, digits=a.digits,
-                                    train_ops=a.train_ops, ood_ops=max(5, a.train_ops + 1),
+                                    train_ops=a.train_ops, ood_ops=max(5, a.train_ops + 1),  # unused here;
+                                    # make_config only asks that it exceed train_ops
                                     max_new_tokens=a.max_new_tokens or (72 if a.digits > 2 else 64))
             problems = D.make_split("val", a.n, seed=0, cfg=D.TaskConfig(digits=a.digits, train_ops=a.train_ops,
                                                                           expert_style=st))

@@ -278,9 +278,9 @@ def main():
                      if not (a.quick and n == "SFT (10x prompts)")])
 
     # 5. pass@k on the OOD split (--ood_ops operands, 5 by default) of the bases and every row's final model:
-    #    held-out pass@64 is 0.95-1.00 for every base, so there pass@k can only show a method narrowing the
-    #    base; on OOD the bases' pass@16 is 0.7-0.9 (README "Results"). Sampling only: the greedy splits are
-    #    measured above.
+    #    at 4 operands held-out pass@64 is 0.95-1.00 for every base, so there pass@k can only show a method
+    #    narrowing the base (at --train_ops 6 on S1-S3 it is 0.64-0.83); on OOD the bases' pass@16 is 0.7-0.9
+    #    (README "Results"). Sampling only: the greedy splits are measured above.
     def ood_dir(x):  # a row's is named after its run folder; a GRPO run shared by two regimes is evaluated once
         return (os.path.join(runs_dir, f"base_oodk_{name_of(task_of(x['regime']))}_{x['base']}")
                 if x["row"] == "base" else x["out"] + "_oodk")
