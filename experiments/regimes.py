@@ -1,7 +1,7 @@
 """Reproduction, part 2: the paper's comparisons where its premise holds, beside the control.
 
-    python experiments/regimes.py                          # 3 new gated bases, then every regime (about 150 min
-                                                           # on 2 cores: 126 measured before step 5, which took 23)
+    python experiments/regimes.py                          # 3 new gated bases, then every regime (142.9 min
+                                                           # measured on 2 cores, from a fresh clone)
     python experiments/regimes.py --bases a/ckpt.pt b/ckpt.pt c/ckpt.pt   # reuse gated bases (99 min here, 22 runs reused)
     python experiments/regimes.py --quick                  # 1 base, 30-step runs, no lr grid
     python experiments/regimes.py --regimes knowledge      # some regimes (finished training runs are reused)
