@@ -13,7 +13,10 @@ The surface matches nanoGPT so the two can be swapped: `GPTConfig`, `GPT(config)
 
 Shapes: B batch, T time, C = n_embd, nh heads, hs = C // nh head size, V vocabulary.
 """
+import functools
+import importlib.util
 import math
+import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -44,23 +47,26 @@ class LayerNorm(nn.Module):
 
 
 class KVCache:
-    """Preallocated keys and values for every layer: (n_layer, B, nh, max_len, hs) each.
+    """Preallocated keys and values: per layer one (B, nh, max_len, hs) tensor of each. (One tensor
+    per layer, not one for all: torch.compile writes a decode step's key into a layer's own tensor
+    in place, but copies the whole cache when the step writes into a slice of a shared one.)
 
     `length` is the number of filled time slots, shared by all rows: rows that are shorter
     are left-padded, so slot t is position t - (number of pads) for that row.
     """
 
     def __init__(self, n_layer, B, nh, max_len, hs, device, dtype):
-        self.k = torch.zeros(n_layer, B, nh, max_len, hs, device=device, dtype=dtype)
-        self.v = torch.zeros_like(self.k)
+        self.k = [torch.zeros(B, nh, max_len, hs, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.v = [torch.zeros_like(k) for k in self.k]
+        self.dtype = dtype
         self.length = 0
 
     def append(self, layer, k, v):
         """Write k, v (B, nh, T, hs) after the filled slots; return all keys and values so far."""
         t0, t1 = self.length, self.length + k.size(2)
-        self.k[layer, :, :, t0:t1] = k
-        self.v[layer, :, :, t0:t1] = v
-        return self.k[layer, :, :, :t1], self.v[layer, :, :, :t1]
+        self.k[layer][:, :, t0:t1] = k
+        self.v[layer][:, :, t0:t1] = v
+        return self.k[layer][:, :, :t1], self.v[layer][:, :, :t1]
 
 
 class CausalSelfAttention(nn.Module):
@@ -73,13 +79,12 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
 
     def forward(self, x, attn_mask=None, cache=None, layer=0, rot=None):
-        # x (B, T, C); attn_mask None (plain causal) or bool (B, 1, T, S), True = may attend
+        # x (B, T, C); attn_mask None (plain causal) or additive (B, 1, T, S): 0 = may attend, -inf = may not
         B, T, C = x.size()
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)  # (B, T, 3, nh, hs)
-        qk, v = qkv[:, :, :2], qkv[:, :, 2]
+        q, k, v = qkv.unbind(2)  # (B, T, nh, hs) views; backward stacks their gradients in one kernel
         if rot is not None:
-            qk = rotate(qk, rot)  # q and k in one call: half the kernels (a GPU decode step counts them)
-        q, k = qk.unbind(2)
+            q, k = rotate(q, k, rot)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         if cache is not None:
             k, v = cache.append(layer, k, v)  # (B, nh, S, hs), S = cached + T
@@ -100,26 +105,60 @@ def rope_tables(block_size, hs, base=10000.0):
     return ang.cos(), ang.sin()
 
 
-def rotate(x, rot):
-    """Rotate pairs (x1, x2) of the head dimension of x (B, T, 2, nh, hs), q and k stacked, by their
-    position's angle: (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos). rot comes from GPT._rot, in
-    one of two forms:
+FUSE_ROTARY = True  # on CUDA in half precision: q and k turned by `rotate_real` compiled into one kernel
+# each way (Triton, compiled at first use); eager, the turn is three passes over q and k forward and more
+# backward, ~11% of a GPT-2-small training step on an H200 (docs/performance.md). False: always eager.
 
-    - x float32: rot = cos + i sin, complex (B or 1, T, 1, 1, hs/2), and one complex product
+
+def rotate(q, k, rot):
+    """Rotate pairs (x1, x2) of the head dimension of q and k (B, T, nh, hs) by their position's
+    angle: (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos). rot comes from GPT._rot, in one of two forms:
+
+    - float32 q, k: rot = cos + i sin, complex (B or 1, T, 1, hs/2), and one complex product each,
       (x1 + i x2)(cos + i sin). On CPU this is 4-9x faster than any real formula we tried (which
       are bitwise equal to it, values and gradients; tests/test_model.py) and keeps rotary at ~5%
       of a CPU training step.
-    - x bfloat16 / float16 (autocast on GPU): rot = (cos, sin) stacked, (2, B or 1, T, 1, 1, hs),
-      interleaved as (c0, c0, c1, c1, ...) and (-s0, s0, -s1, s1, ...), and x cos + (x2, x1) sin
-      in x's dtype. There is no bf16 complex type: the complex product needed a float32 copy
-      of q and k, ~13% of a GPT-2-small step on an H100 (issue 13).
+    - bfloat16 / float16 (autocast on GPU): rot = (cos, sin) stacked, (2, B or 1, T, 1, hs), and
+      `rotate_real`. There is no bf16 complex type: the complex product needed a float32 copy of
+      q and k, ~13% of a GPT-2-small step on an H100 (issue 13).
     """
     if rot.is_complex():
-        pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))  # (B, T, 2, nh, hs/2), a view
-        return torch.view_as_real(pairs * rot).flatten(-2)
+        return tuple(torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * rot).flatten(-2)
+                     for x in (q, k))
+    global FUSE_ROTARY
+    if FUSE_ROTARY and q.is_cuda and not torch.compiler.is_compiling() and has_triton():
+        try:
+            return fused_rotate_real()(q, k, rot)
+        except Exception as e:  # a platform torch.compile cannot serve: the eager formula is the reference
+            warnings.warn(f"fused rotary failed ({type(e).__name__}: {e}); rotary runs eager from now on "
+                          f"(set model.FUSE_ROTARY = False to skip the attempt)")
+            FUSE_ROTARY = False
+    return rotate_real(q, k, rot)
+
+
+def rotate_real(q, k, rot):
+    """rotate's half-precision form: rot (2, B or 1, T, 1, hs) holds cos interleaved as (c0, c0, c1,
+    c1, ...) and sin as (-s0, s0, -s1, s1, ...), so x cos + (x2, x1) sin turns every pair, in x's dtype."""
     cos, sin = rot
-    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x2, x1) in every pair
-    return torch.addcmul(x * cos, swapped, sin)  # one kernel for "+ swapped * sin"
+
+    def turn(x):
+        swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x2, x1) in every pair
+        return torch.addcmul(x * cos, swapped, sin)  # one kernel for "+ swapped * sin"
+    return turn(q), turn(k)
+
+
+@functools.cache
+def has_triton():
+    """torch.compile's GPU code generator; absent on some platforms, where rotary stays eager."""
+    return importlib.util.find_spec("triton") is not None
+
+
+@functools.cache
+def fused_rotate_real():
+    """rotate_real compiled: one kernel reads q, k and the tables and writes both turned (and one for
+    the backward), in place of eager's passes. Made at first use; dynamic shapes, so a new batch or
+    length does not compile again (a length of 1, a decode step, compiles once more)."""
+    return torch.compile(rotate_real, dynamic=True)
 
 
 class MLP(nn.Module):
@@ -224,10 +263,9 @@ class GPT(nn.Module):
         """
         logits = self._logits(idx, pad_mask)
         loss = None
-        if targets is not None:  # cross-entropy as log-softmax + NLL (F.cross_entropy's own decomposition),
-            # the log-softmax in float32 read straight from bf16 logits (no float32 copy of them first)
-            logp = F.log_softmax(logits, -1, dtype=torch.float32).reshape(-1, logits.size(-1))
-            loss = F.nll_loss(logp, targets.reshape(-1), ignore_index=-1)
+        if targets is not None:  # nanoGPT's loss, in the logits' dtype (bf16 under autocast, as nanoGPT's);
+            # train.py's losses go through token_logprobs instead, in float32 (RL weighs single tokens)
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     def _logits(self, idx, pad_mask=None, cache=None, pos=None, attn_mask=None):
@@ -240,25 +278,32 @@ class GPT(nn.Module):
             pos = torch.arange(T, device=idx.device).unsqueeze(0)  # (1, T)
             self._check_position(T - 1)  # known on the host: no device sync
         # else: a decode step of generate, which checked the whole length before its loop
+        dtype = self._act_dtype(idx.device)  # of q, k and v
+        if attn_mask is not None and attn_mask.dtype == torch.bool:  # additive, made once here: given a
+            # bool mask, scaled_dot_product_attention makes this in every layer (a GPU kernel or more each)
+            attn_mask = torch.zeros(attn_mask.shape, dtype=dtype, device=idx.device).masked_fill_(
+                ~attn_mask, float("-inf"))
         rot = None
         if self.config.rope:
             x = self.transformer.drop(self.transformer.wte(idx))
-            rot = self._rot(pos, x)
+            rot = self._rot(pos, dtype)
         else:
             x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for i, block in enumerate(self.transformer.h):
             x = block(x, attn_mask, cache, i, rot)
         return self.lm_head(self.transformer.ln_f(x))
 
-    def _rot(self, pos, x):
-        """pos (B or 1, T) -> rotate's tables at those positions, in the form for the dtype that
-        q and k will have (the autocast dtype when autocast is on, else x's); once per forward."""
-        dev = x.device.type
-        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+    def _act_dtype(self, dev):
+        """The dtype of the attention's q, k and v: autocast's when it is on, else the weights'."""
+        return torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else self.lm_head.weight.dtype
+
+    def _rot(self, pos, dtype):
+        """pos (B or 1, T) -> rotate's tables at those positions, in the form for q and k's dtype;
+        once per forward."""
         if dtype in (torch.float32, torch.float64):
-            cos, sin = (t[pos][:, :, None, None] for t in (self.rope_cos, self.rope_sin))  # (B or 1, T, 1, 1, hs/2)
+            cos, sin = (t[pos][:, :, None] for t in (self.rope_cos, self.rope_sin))  # (B or 1, T, 1, hs/2)
             return torch.complex(cos, sin)
-        return self.rope_cs[:, pos][:, :, :, None, None].to(dtype)  # (2, B or 1, T, 1, 1, hs)
+        return self.rope_cs[:, pos][:, :, :, None].to(dtype)  # (2, B or 1, T, 1, hs)
 
     def _check_position(self, last):
         if last >= self.config.block_size:
@@ -302,15 +347,15 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, pad_mask=None,
-                 eos_id=None, pad_id=0, generator=None, use_cache=True, fast=False):
+                 eos_id=None, pad_id=0, generator=None, use_cache=True, fast=False, compile_step=False):
         """Sample continuations for a batch of (left-padded) prompts.
 
         idx (B, T) prompts, left-padded; pad_mask (B, T) bool, True at real tokens (None: no
         padding). temperature 0 = greedy. A row stops after it emits eos_id; later slots are
         pad_id. use_cache=False recomputes the whole prefix every step (tests, benchmarks).
         fast=True decodes with `fast_generate` (end of this file; CUDA graphs on GPU; train.py's
-        rollouts use it by default on CUDA):
-        the same tokens for the same generator.
+        rollouts use it by default on CUDA): the same tokens for the same generator.
+        compile_step=True (with fast=True) compiles its one-token step first (torch.compile).
         Returns Generation(tokens (B, max_new_tokens), lengths (B,), stopped (B,)).
         """
         if temperature < 0:
@@ -319,6 +364,8 @@ class GPT(nn.Module):
             raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
         if fast and not use_cache:
             raise ValueError("fast=True decodes with the KV cache; it cannot be combined with use_cache=False")
+        if compile_step and not fast:
+            raise ValueError("compile_step=True compiles fast decoding's step: it needs fast=True")
         B, T = idx.shape
         dev = idx.device
         if pad_mask is None:
@@ -328,7 +375,8 @@ class GPT(nn.Module):
             raise ValueError(f"prompt ({int(pad_mask.sum(1).max())} tokens) + max_new_tokens ({max_new_tokens}) "
                              f"= {longest} exceeds block_size {self.config.block_size}")
         if fast:
-            return fast_generate(self, idx, max_new_tokens, temperature, top_k, pad_mask, eos_id, pad_id, generator)
+            return fast_generate(self, idx, max_new_tokens, temperature, top_k, pad_mask, eos_id, pad_id, generator,
+                                 compile_step)
         out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=dev)
         done = torch.zeros(B, dtype=torch.bool, device=dev)
         lengths = torch.full((B,), max_new_tokens, dtype=torch.long, device=dev)
@@ -375,8 +423,7 @@ class GPT(nn.Module):
     def _new_cache(self, B, max_len, dev):
         """An empty KVCache for B rows of up to max_len tokens, in the dtype k and v will have."""
         c = self.config
-        dtype = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else self.lm_head.weight.dtype
-        return KVCache(c.n_layer, B, c.n_head, max_len, c.n_embd // c.n_head, dev, dtype)
+        return KVCache(c.n_layer, B, c.n_head, max_len, c.n_embd // c.n_head, dev, self._act_dtype(dev))
 
     @staticmethod
     def _sample(logits, temperature, top_k, generator):
@@ -414,19 +461,23 @@ class SlotKVCache:
 
     def append(self, layer, k, v):
         """k, v (B, nh, 1, hs) -> all keys and values, (B, nh, max_len, hs) each."""
-        self.k[layer].index_copy_(2, self.slot, k.to(self.k.dtype))
-        self.v[layer].index_copy_(2, self.slot, v.to(self.v.dtype))
+        self.k[layer].index_copy_(2, self.slot, k.to(self.k[layer].dtype))
+        self.v[layer].index_copy_(2, self.slot, v.to(self.v[layer].dtype))
         return self.k[layer], self.v[layer]
 
 
 @torch.no_grad()
-def fast_generate(model, idx, max_new_tokens, temperature, top_k, pad_mask, eos_id, pad_id, generator):
+def fast_generate(model, idx, max_new_tokens, temperature, top_k, pad_mask, eos_id, pad_id, generator,
+                  compile_step=False):
     """GPT.generate(..., fast=True), settings already checked. The prefill is GPT.generate's; then
     each token is one fixed-shape step over the whole cache, inputs and outputs in static buffers:
 
       tok (B, 1)   the token just sampled            pos (B, 1)  its position (rotary)
-      slot (1,)    its time slot in the cache        key_real (B, max_len)  True at real keys
+      slot (1,)    its time slot in the cache        key_bias (B, max_len)  0 at real keys, -inf elsewhere
       logits (B, V)  the step's output (a graph's static output on CUDA)
+
+    compile_step=True runs the step through torch.compile first (fusing its small kernels), then
+    captures that; the first call compiles (seconds to a minute), later calls of any batch or length reuse it.
 
     Sampling and the stop bookkeeping stay outside the step, as in GPT.generate, so the
     generator is drawn from in the same order (it may draw up to STOP_CHECK_EVERY - 1 more
@@ -444,18 +495,17 @@ def fast_generate(model, idx, max_new_tokens, temperature, top_k, pad_mask, eos_
     tok = torch.zeros(B, 1, dtype=torch.long, device=dev)
     pos = pad_mask.sum(1, keepdim=True)  # (B, 1) position of the first new token
     slot = torch.full((1,), T, dtype=torch.long, device=dev)
-    key_real = torch.zeros(B, S, dtype=torch.bool, device=dev)  # later slots become real as they fill
-    key_real[:, :T] = pad_mask
-    mask = key_real[:, None, None, :]  # (B, 1, 1, max_len), a view: the step sees every update
+    key_bias = torch.full((B, S), float("-inf"), dtype=cache.dtype, device=dev)  # additive attention mask:
+    key_bias[:, :T].masked_fill_(pad_mask, 0.0)  # later slots become real (0) as they fill
+    mask = key_bias[:, None, None, :]  # (B, 1, 1, max_len), a view: the step sees every update
     slot_cache = SlotKVCache(cache, slot)
 
     def step():  # idempotent for fixed inputs (it writes slot `slot` only), so graph warm-up is harmless
-        key_real.index_fill_(1, slot, True)
+        key_bias.index_fill_(1, slot, 0.0)
         return model._logits(tok, cache=slot_cache, pos=pos, attn_mask=mask)[:, -1]  # (B, V)
 
-    run_step = step
-    if dev.type == "cuda":
-        run_step = None  # captured at the first step, when tok holds a real token
+    fn = torch.compile(step, dynamic=True) if compile_step else step
+    run_step = None if dev.type == "cuda" else fn  # CUDA: captured at the first step, when tok holds a real token
 
     for t in range(max_new_tokens):
         nxt, done, lengths = model._emit(logits, t, out, done, lengths, temperature, top_k, generator, eos_id, pad_id)
@@ -465,7 +515,7 @@ def fast_generate(model, idx, max_new_tokens, temperature, top_k, pad_mask, eos_
             break
         tok.copy_(nxt[:, None])
         if run_step is None:
-            run_step = cuda_graph(step)
+            run_step = cuda_graph(fn)
         logits = run_step()
         pos += 1
         slot += 1

@@ -57,7 +57,8 @@ class Config:
     override: bool = opt(False, "allow --resume with settings that differ from the checkpoint's")
     seed: int = opt(1337, "drives data, sampling and init", lo=0)
     device: str = opt("auto", "auto (cuda if present, else cpu), cpu, cuda, cuda:N")
-    compile: bool = opt(False, "torch.compile the model (GPU; slow to start on CPU)")
+    compile: bool = opt(False, "torch.compile the training forward and, with fast decode, the decode step "
+                               "(GPU; slow to start on CPU)")
     fast_decode: bool = opt(None,  # None (unset): decided by the device in sample_rollouts
                             "rollouts by GPT.generate(fast=True): fixed-shape KV-cache steps, a CUDA graph "
                             "on GPU, a stop check every 16 tokens; eager's tokens on CPU (tested); unset: on for "
@@ -411,8 +412,8 @@ def left_pad(seqs, pad_id, device):
 
 
 @torch.no_grad()
-def sample(model, tok, prompts, n, temperature, max_new_tokens, generator, chunk=512, fast=False):
-    """n completions per prompt, batched over everything with the KV cache (fast: GPT.generate's).
+def sample(model, tok, prompts, n, temperature, max_new_tokens, generator, chunk=512, fast=False, compile_step=False):
+    """n completions per prompt, batched over everything with the KV cache (fast, compile_step: GPT.generate's).
     Returns (responses, stopped): token lists in prompt-major order (the eos kept when the
     row stopped), and per-row bools (False = cut at max_new_tokens)."""
     dev = next(model.parameters()).device
@@ -424,7 +425,8 @@ def sample(model, tok, prompts, n, temperature, max_new_tokens, generator, chunk
         idx, mask = left_pad(seqs[i:i + chunk], tok.pad_id, dev)
         with autocast(dev):
             g = model.generate(idx, max_new_tokens, temperature=temperature, pad_mask=mask,
-                               eos_id=tok.eos_id, pad_id=tok.pad_id, generator=generator, fast=fast)
+                               eos_id=tok.eos_id, pad_id=tok.pad_id, generator=generator, fast=fast,
+                               compile_step=compile_step)
         toks, lens = g.tokens.tolist(), g.lengths.tolist()
         responses += [t[:n_] for t, n_ in zip(toks, lens)]
         stopped += g.stopped.tolist()
@@ -447,7 +449,7 @@ def sample_rollouts(model, tok, problems, cfg, step, n_rollout):
     gen = torch_gen(cfg.seed, step, "rollout", dev)
     fast = cfg.fast_decode if cfg.fast_decode is not None else dev.type == "cuda"  # unset: the device decides
     return sample(model, tok, [p.prompt for p in problems], n_rollout, cfg.temperature, cfg.max_new_tokens, gen,
-                  fast=fast)
+                  fast=fast, compile_step=fast and cfg.compile)
 
 
 def build_groups(tok, problems, cfg, step, n_expert, n_teacher, rollouts=([], []), correct_only=False):

@@ -59,6 +59,7 @@ import torch
 
 import data as D
 import gft
+import model as model_module
 import train
 from model import GPT, GPTConfig, pick_device
 
@@ -93,6 +94,19 @@ def medians(fns, device, repeats, warmup):
         for name, fn in fns.items():
             times[name].append(timed(fn, device))
     return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def runnable(fns):
+    """fns less the ones whose first call raises, each named with its error: on the GPU a path that
+    compiles may fail on some platforms, and one failure should not cost the rest of the run."""
+    ok = {}
+    for name, fn in fns.items():
+        try:
+            fn()
+            ok[name] = fn
+        except Exception as e:
+            print(f"   {name}: failed, left out ({type(e).__name__}: {str(e)[:300]})")
+    return ok
 
 
 class Memory:
@@ -391,15 +405,16 @@ def gpt2_models(nanogpt):
             models["nanoGPT"] = nanogpt.GPT(nanogpt.GPTConfig(**GPT2))
     torch.manual_seed(0)
     models["ours"] = GPT(GPTConfig(**GPT2))
+    models["ours unfused rotary"] = models["ours"]  # the same model, model.FUSE_ROTARY off in its steps
     torch.manual_seed(0)
     models["ours rope=False"] = GPT(GPTConfig(**GPT2, rope=False))  # nanoGPT's learned positions
     return models
 
 
-def gpt2_train_step(model, device, compile_):
+def gpt2_train_step(model, device, compile_, fuse_rotary=True):
     """nanoGPT's train.py step at its GPT-2 config, for any model with forward(idx, targets):
     bf16 autocast, fused AdamW (lr 6e-4, betas (0.9, 0.95), decay 0.1 on matrices), clip 1.0,
-    one micro-batch of GPT2_BATCH x 1024 random tokens."""
+    one micro-batch of GPT2_BATCH x 1024 random tokens. fuse_rotary: model.FUSE_ROTARY during the step."""
     xy = torch.randint(0, GPT2["vocab_size"], (GPT2_BATCH, GPT2["block_size"] + 1),
                        generator=torch.Generator().manual_seed(0)).to(device)
     x, y = xy[:, :-1].contiguous(), xy[:, 1:].contiguous()  # nanoGPT's forward views targets: contiguous
@@ -410,9 +425,15 @@ def gpt2_train_step(model, device, compile_):
 
     def step():
         optim.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            _, loss = fwd(x, y)
-        loss.backward()
+        fused = model_module.FUSE_ROTARY
+        model_module.FUSE_ROTARY = fused and fuse_rotary
+        try:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                _, loss = fwd(x, y)
+            loss.backward()
+        finally:
+            if not fuse_rotary:
+                model_module.FUSE_ROTARY = fused
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optim.step()
     return step
@@ -423,11 +444,14 @@ def gpt2_training(models, device, args, peak):
     T = GPT2["block_size"]
     rows = []
     for compile_ in (False, True) if args.gpu_compile else (False,):
-        # compiled: nanoGPT's and ours only (each compile takes about a minute)
-        timed_models = {k: m for k, m in models.items() if not (compile_ and k == "ours rope=False")}
-        steps = {name: gpt2_train_step(m.to(device).train(), device, compile_) for name, m in timed_models.items()}
+        # compiled: nanoGPT's and ours only (each compile takes about a minute; compiled, rotary is fused anyway)
+        timed_models = {k: m for k, m in models.items() if not (compile_ and k in ("ours rope=False",
+                                                                                   "ours unfused rotary"))}
+        steps = runnable({name: gpt2_train_step(m.to(device).train(), device, compile_, "unfused" not in name)
+                          for name, m in timed_models.items()})
         t = medians(steps, device, max(10, 2 * args.repeats), warmup=3)  # the first calls compile
-        for name, m in timed_models.items():
+        for name in t:
+            m = timed_models[name]
             tps = GPT2_BATCH * T / t[name]
             vs = "-"
             if "nanoGPT" in t:  # tokens/s ratio = inverse time ratio
@@ -442,15 +466,17 @@ def gpt2_training(models, device, args, peak):
 
 
 def generation_fns(model, idx, new, device, nanogpt_model=None):
-    """{path: run()} for one batch of prompts idx: this project's eager cache, fast decode and
-    recompute, and nanoGPT's generate (which recomputes the prefix) when given; all bf16."""
+    """{path: run()} for one batch of prompts idx: this project's fast decode (its step compiled or
+    not), eager cache and recompute, and nanoGPT's generate (which recomputes the prefix) when given;
+    all bf16."""
     def ours(**kw):
         def run():
             g = torch.Generator(device=device).manual_seed(0)
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 model.generate(idx, new, temperature=1.0, generator=g, **kw)
         return run
-    fns = {"fast": ours(fast=True), "cache": ours(), "recompute": ours(use_cache=False)}
+    fns = {"fast, compiled step": ours(fast=True, compile_step=True), "fast": ours(fast=True), "cache": ours(),
+           "recompute": ours(use_cache=False)}
     if nanogpt_model is not None:
         def nano():
             with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -464,7 +490,7 @@ def gpt2_generation(models, device, args):
     idx = torch.randint(0, GPT2["vocab_size"], (G2_BATCH, G2_PROMPT),
                         generator=torch.Generator().manual_seed(0)).to(device)
     nano = models["nanoGPT"].to(device).eval() if "nanoGPT" in models else None
-    fns = generation_fns(models["ours"].to(device).eval(), idx, G2_NEW, device, nano)
+    fns = runnable(generation_fns(models["ours"].to(device).eval(), idx, G2_NEW, device, nano))
     t = medians(fns, device, args.repeats, warmup=1)
     return {name: G2_BATCH * G2_NEW / sec for name, sec in t.items()}
 
@@ -474,24 +500,27 @@ def default_generation(device, args, tok):
     idx = torch.randint(0, 256, (GEN_BATCH, GEN_PROMPT), generator=torch.Generator().manual_seed(0)).to(device)
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=BLOCK, vocab_size=tok.vocab_size, **CONFIGS["default"])).to(device).eval()
-    t = medians(generation_fns(model, idx, GEN_NEW, device), device, args.repeats, warmup=1)
+    t = medians(runnable(generation_fns(model, idx, GEN_NEW, device)), device, args.repeats, warmup=1)
     return {name: GEN_BATCH * GEN_NEW / sec for name, sec in t.items()}
 
 
 def profile_decode(device):
-    """torch.profiler tables of 32 decode steps at GPT-2-small shape, eager cache against fast."""
+    """torch.profiler tables of 32 decode steps at GPT-2-small shape: eager cache, fast, fast with its
+    step compiled; each with its kernel count (graph replays count their kernels too)."""
     from torch.profiler import ProfilerActivity, profile
     torch.manual_seed(0)
     model = GPT(GPTConfig(**GPT2)).to(device).eval()
     idx = torch.randint(0, GPT2["vocab_size"], (G2_BATCH, G2_PROMPT), device=device)
-    for fast in (False, True):
-        run = generation_fns(model, idx, 32, device)["fast" if fast else "cache"]
-        run()  # warm-up
+    fns = generation_fns(model, idx, 32, device)
+    for path in ("cache", "fast", "fast, compiled step"):
+        fns[path]()  # warm-up (and compile)
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            run()
+            fns[path]()
             sync(device)
-        print(f"\n   profile: 32 new tokens, {'fast' if fast else 'eager cache'} (top 12 by CUDA time)")
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12))
+        table_ = prof.key_averages()
+        kernels = sum(e.count for e in table_ if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA)
+        print(f"\n   profile: 32 new tokens, {path}: {kernels} GPU kernels (top 12 by CUDA time)")
+        print(table_.table(sort_by="cuda_time_total", row_limit=12))
 
 
 def bench_gpu(device, args, tok, peak, rl_ratio_eager):
@@ -512,7 +541,7 @@ def bench_gpu(device, args, tok, peak, rl_ratio_eager):
     rows = [(name, f"{tps:.0f}", f"{tps / r['recompute']:.1f}x",
              f"{tps / r['nanoGPT generate']:.1f}x" if "nanoGPT generate" in r else "-") for name, tps in r.items()]
     table(("path", "new tok/s", "vs recompute", "vs nanoGPT generate"), rows)
-    for name in ("fast", "cache"):
+    for name in [n for n in ("fast, compiled step", "fast", "cache") if n in r]:
         line = f"   {name}: vs recompute {verdict(r[name] / r['recompute'], TARGETS['gen_gpt2'])}"
         if "nanoGPT generate" in r:
             line += f"; vs nanoGPT generate {verdict(r[name] / r['nanoGPT generate'], TARGETS['gen_gpt2'])}"
@@ -521,10 +550,11 @@ def bench_gpu(device, args, tok, peak, rl_ratio_eager):
     torch.cuda.empty_cache()
 
     d = default_generation(device, args, tok)
-    print(f"\n   generation at the default config (section 2's shape): fast {d['fast']:.0f}, cache {d['cache']:.0f}, "
-          f"recompute {d['recompute']:.0f} new tok/s; fast vs recompute "
-          f"{verdict(d['fast'] / d['recompute'], TARGETS['gen_default'])}, cache vs recompute "
-          f"{d['cache'] / d['recompute']:.1f}x")
+    per_path = ", ".join(f"{name} {tps:.0f}" for name, tps in d.items())
+    print(f"\n   generation at the default config (section 2's shape), new tok/s: {per_path}")
+    for name in [n for n in ("fast, compiled step", "fast", "cache") if n in d]:
+        print(f"   {name} vs recompute: {d[name] / d['recompute']:.1f}x"
+              + (f" {verdict(d[name] / d['recompute'], TARGETS['gen_default'])}" if name != "cache" else ""))
 
     _, phases, _, _ = bench_rl(device, args, tok, args.init, fast_decode=True)
     fast_ratio = statistics.median(phases["gft"]["total"]) / statistics.median(phases["grpo"]["total"])

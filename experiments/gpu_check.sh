@@ -7,10 +7,12 @@
 #
 # Stages, each under its own time limit, each writing <stage>.log; summary.txt gets one line each:
 #   info       nvidia-smi, torch and CUDA versions, GPU count (seconds)
-#   gpu_tests  tests/test_gpu.py: bf16 KV cache, CUDA-graph fast decode, --compile, torchrun (~1-2 min)
+#   gpu_tests  tests/test_gpu.py: bf16 KV cache, CUDA-graph fast decode (step compiled or not), fused rotary,
+#              --compile, torchrun (~2 min)
 #   bench      experiments/bench.py --quick --gpu_profile: sections 1-3 on the GPU, then section 4 (GPT-2-small
-#              shape, PASS/MISS against issue 13's targets), against nanoGPT's model.py when it is
-#              at .nanogpt/model.py (not in git: bring it along, e.g. the device tool's carry) (~4-5 min)
+#              shape, PASS/MISS against issue 13's targets; fused rotary against unfused, fast decode with
+#              its step compiled or not), against nanoGPT's model.py when it is at .nanogpt/model.py
+#              (not in git: bring it along, e.g. the device tool's carry) (~5 min)
 #   suite      python -m pytest -q tests, the whole suite, every failure listed (less test_gpu.py when gpu_tests ran), with
 #              the time that is left
 # The measurements run before the whole suite so that they land even if the suite needs longer
@@ -20,7 +22,7 @@ cd "$(dirname "$0")/.."
 LOG=${OUT:-out/gpu_check}
 mkdir -p "$LOG"
 STAGES=${STAGES:-info gpu_tests bench suite}
-TOTAL=${TOTAL_S:-540}  # seconds for everything; the stages below share them
+TOTAL=${TOTAL_S:-570}  # seconds for everything; the stages below share them
 START=$(date +%s)
 : > "$LOG/summary.txt"
 
@@ -69,8 +71,8 @@ python -c "import pytest_timeout" 2>/dev/null && TIMEOUT=(--timeout 150)
 for s in $STAGES; do
   case $s in
     info)      stage info 60 bash -c info ;;
-    gpu_tests) stage gpu_tests 180 python -m pytest -q -x -rs tests/test_gpu.py ;;
-    bench)     stage bench 330 python experiments/bench.py ${BENCH_ARGS:---quick --gpu_profile} "${NANO[@]}" ;;
+    gpu_tests) stage gpu_tests 240 python -m pytest -q -x -rs tests/test_gpu.py ;;
+    bench)     stage bench 420 python experiments/bench.py ${BENCH_ARGS:---quick --gpu_profile} "${NANO[@]}" ;;
     suite)     stage suite 600 python -m pytest -q -rf "${XDIST[@]}" "${TIMEOUT[@]}" "${SKIP_GPU[@]}" tests ;;
     *)         echo "unknown stage $s (info gpu_tests bench suite)"; exit 2 ;;
   esac

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import data as D
+import model as M
 import train
 from model import GPT, GPTConfig
 from test_model import left_pad  # tests/ is on sys.path under pytest
@@ -71,7 +72,7 @@ def test_kv_cache_logits_equal_recompute_on_cuda_under_bf16():
             pos = torch.full((1, 1), t, device=DEV)
             steps.append(model._logits(seq[:, t:t + 1], cache=cache, pos=pos, attn_mask=every_key[..., :t + 1]).float())
             cache.length += 1
-    assert cache.k.dtype == torch.bfloat16
+    assert cache.dtype == cache.k[0].dtype == torch.bfloat16
     cached = torch.cat(steps, 1)
     scale = full.abs().max()
     torch.testing.assert_close(cached, full, rtol=0, atol=float(0.02 * scale))
@@ -91,6 +92,35 @@ def test_kv_cache_and_fast_graph_decode_give_recompute_greedy_tokens_on_cuda(fit
         assert all(torch.equal(x, y) for x, y in zip(a, b))
     for i, p in enumerate(FIT_PROBLEMS):  # and they are the fitted answers
         assert TOK.decode_response(fast.tokens[i].tolist()) == p.expert
+
+
+@pytest.mark.parametrize("autocast", [True, False])
+def test_compiled_fast_decode_gives_the_eager_cache_greedy_tokens_on_cuda(fitted, autocast):
+    """compile_step=True: the step compiled (Triton), then captured as a CUDA graph."""
+    idx, mask = (x.to(DEV) for x in left_pad(PROMPTS, width=max(map(len, PROMPTS)) + 2))
+    ctx = torch.autocast(**BF16) if autocast else torch.autocast("cuda", enabled=False)
+    with ctx:
+        kw = dict(temperature=0, pad_mask=mask, eos_id=EOS, pad_id=PAD)
+        cached = fitted.generate(idx, 50, **kw)
+        compiled = fitted.generate(idx, 50, fast=True, compile_step=True, **kw)
+    assert all(torch.equal(x, y) for x, y in zip(cached, compiled))
+
+
+def test_fused_rotary_training_step_matches_eager_rotary_under_bf16(monkeypatch):
+    """FUSE_ROTARY (rotate_real compiled, the CUDA default) against the eager formula: same loss and
+    gradients within bf16 rounding."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=64)).to(DEV)
+    x = torch.randint(0, 256, (4, 65), device=DEV)
+    w = model.transformer.h[0].attn.c_attn.weight
+    res = {}
+    for fused in (False, True):
+        monkeypatch.setattr(M, "FUSE_ROTARY", fused)
+        with torch.autocast(**BF16):
+            _, loss = model(x[:, :-1], x[:, 1:])
+        res[fused] = loss.item(), torch.autograd.grad(loss, w)[0].float()
+    assert abs(res[True][0] - res[False][0]) < 0.005 * res[False][0]
+    assert torch.nn.functional.cosine_similarity(res[True][1].flatten(), res[False][1].flatten(), dim=0) > 0.999
 
 
 def test_fast_graph_decode_sampling_equals_eager_with_same_generator_in_float32(fitted):
@@ -138,6 +168,12 @@ def test_compile_true_trains_a_few_steps(tmp_path):
     rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
     losses = [r["loss"] for r in rows if "loss" in r]
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    gft = str(tmp_path / "gft")  # rollouts: fast decode's step compiled, then captured
+    train.main(["gft", "--device", "cuda", "--compile", "true", "--init", os.path.join(out, "ckpt.pt"), "--out", gft,
+                "--steps", "2", "--prompts_per_step", "4", "--log_every", "1", "--eval_n", "4", "--passk_problems", "2",
+                "--passk_n", "2", "--kl_n", "2", "--n_prompts", "32"])
+    rows = [json.loads(l) for l in open(os.path.join(gft, "metrics.jsonl"))]
+    assert [math.isfinite(r["loss"]) for r in rows if "loss" in r] == [True, True]
 
 
 def test_torchrun_with_more_processes_than_gpus_stops_with_what_to_do(tmp_path):

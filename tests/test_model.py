@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 from data import Tokenizer, make_split
+import model as M
 from model import GPT, GPTConfig, pick_device, rope_tables, rotate
 
 TOK = Tokenizer()
@@ -386,7 +387,7 @@ def test_rope_model_kv_cache_equals_recompute_and_padding_invariance():
 
 def real_rotary(x, pos):
     """The obviously-correct formula: slice out each pair, rotate it, put it back (float32)."""
-    cos, sin = (t[pos][:, :, None, None] for t in rope_tables(64, x.size(-1)))  # (B, T, 1, 1, hs/2)
+    cos, sin = (t[pos][:, :, None] for t in rope_tables(64, x.size(-1)))  # (B, T, 1, hs/2)
     x1, x2 = x[..., 0::2], x[..., 1::2]
     return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), -1).flatten(-2)
 
@@ -395,27 +396,29 @@ def test_float32_rotary_is_bitwise_the_real_formula_values_and_gradients():
     """The complex product that float32 uses (fast on CPU) does the real formula's arithmetic."""
     model = random_model()
     pos = torch.randint(0, 64, (3, 20))
-    x = torch.randn(3, 20, 3, 2, 16)[:, :, :2].requires_grad_(True)  # (B, T, 2, nh, hs), as q and k are made
-    a, b = rotate(x, model._rot(pos, x)), real_rotary(x, pos)
-    assert torch.equal(a, b)
-    g = torch.randn_like(a)
-    assert torch.equal(*(torch.autograd.grad(y, x, g)[0] for y in (a, b)))
+    qkv = torch.randn(3, 20, 3, 2, 16, requires_grad=True)  # (B, T, 3, nh, hs), as the attention makes it
+    q, k, _ = qkv.unbind(2)  # strided views, as rotate gets them
+    a, b = rotate(q, k, model._rot(pos, q.dtype)), (real_rotary(q, pos), real_rotary(k, pos))
+    assert all(map(torch.equal, a, b))
+    g = [torch.randn_like(y) for y in a]
+    assert torch.equal(*(torch.autograd.grad(y, qkv, g)[0] for y in (a, b)))
 
 
 def test_bfloat16_rotary_agrees_with_float32_within_bfloat16_rounding():
     """The real path that runs under bf16 autocast (GPU) against the float32 one."""
     model = random_model()
     pos = torch.randint(0, 64, (3, 20))
-    x = torch.randn(3, 20, 2, 2, 16)  # (B, T, 2, nh, hs)
+    x = torch.randn(3, 20, 2, 16)  # (B, T, nh, hs)
     x16 = x.bfloat16()
-    rot16 = model._rot(pos, x16)
+    rot16 = model._rot(pos, x16.dtype)
     assert not rot16.is_complex() and rot16.dtype == torch.bfloat16
-    y16 = rotate(x16, rot16)
-    assert y16.dtype == torch.bfloat16
-    torch.testing.assert_close(y16.float(), real_rotary(x16.float(), pos), rtol=2e-2, atol=2e-2)
+    y16 = rotate(x16, -x16, rot16)
+    assert all(y.dtype == torch.bfloat16 for y in y16)
+    torch.testing.assert_close(y16[0].float(), real_rotary(x16.float(), pos), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(y16[1], -y16[0], rtol=0, atol=0)  # the same turn for q and k
     idx = torch.randint(0, 256, (2, 30))
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # the autocast dtype decides, not x's
-        assert not model._rot(pos, x).is_complex()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # the autocast dtype decides, not the weights'
+        assert model._act_dtype(x.device) == torch.bfloat16
         logits16, _ = model(idx)
     with torch.no_grad():
         logits32, _ = model(idx)
@@ -492,6 +495,40 @@ def test_fast_decode_checks_settings_as_eager_does():
         model.generate(prompt, 2, fast=True, use_cache=False)
 
 
+def test_compiled_fast_decode_step_gives_eager_tokens():
+    """compile_step=True: the step through torch.compile (C++ on CPU, Triton on GPU; the GPU's CUDA
+    graph is in tests/test_gpu.py) draws the eager tokens from the same generator, for ragged prompts
+    and rows that stop; the KV cache is one tensor per layer, so the compiled step writes it in place."""
+    model = random_model()
+    idx, mask = left_pad(RAGGED)
+    ref = model.generate(idx, 24, pad_mask=mask, generator=torch.Generator().manual_seed(5)).tokens
+    eos = int(ref[0, 3])  # some rows stop
+    a, b = (model.generate(idx, 24, pad_mask=mask, eos_id=eos, pad_id=PAD, generator=torch.Generator().manual_seed(5),
+                           fast=True, compile_step=compiled) for compiled in (False, True))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    with pytest.raises(ValueError, match="needs fast=True"):
+        model.generate(idx, 2, compile_step=True)
+
+
+def test_fused_rotary_agrees_with_eager_rotary_values_and_gradients():
+    """The compiled rotate_real that CUDA runs (here compiled for the CPU) against eager, in bf16:
+    within one bf16 rounding (compiled code rounds once at the end, eager after each op)."""
+    model = random_model()
+    pos = torch.randint(0, 64, (3, 20))
+    rot = model._rot(pos, torch.bfloat16)
+    qkv = torch.randn(3, 20, 3, 2, 16, dtype=torch.bfloat16, requires_grad=True)  # (B, T, 3, nh, hs)
+    g = [torch.randn(3, 20, 2, 16, dtype=torch.bfloat16) for _ in range(2)]
+    outs, grads = [], []
+    for fn in (M.rotate_real, M.fused_rotate_real()):
+        q, k, _ = qkv.unbind(2)
+        y = fn(q, k, rot)
+        outs.append(y)
+        grads.append(torch.autograd.grad(y, qkv, g)[0])
+    for a, b in zip([*outs[0], grads[0]], [*outs[1], grads[1]]):
+        torch.testing.assert_close(a.float(), b.float(), rtol=1e-2, atol=1e-2)
+    assert torch.equal(grads[1][:, :, 2], torch.zeros_like(grads[1][:, :, 2]))  # v untouched
+
+
 def test_fast_decode_with_learned_positions_equals_eager():
     model = random_model(rope=False)
     with torch.no_grad():
@@ -501,11 +538,15 @@ def test_fast_decode_with_learned_positions_equals_eager():
     assert torch.equal(a.tokens, b.tokens)
 
 
-def test_loss_is_bitwise_cross_entropy_in_float32():
-    """forward spells cross-entropy as log-softmax (float32, read from the logits' dtype) + NLL."""
+def test_loss_is_the_mean_negative_log_likelihood_of_the_kept_targets():
+    """forward's loss against the obvious float64 loop over the targets that are not -1."""
     model = random_model()
     x = torch.randint(0, 256, (3, 33))
     y = x[:, 1:].clone()
     y[0, :5] = -1  # ignored targets
-    logits, loss = model(x[:, :-1], y)
-    assert torch.equal(loss, F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1))
+    with torch.no_grad():
+        logits, loss = model(x[:, :-1], y)
+    logp = logits.double().log_softmax(-1)
+    nll = [-logp[b, t, y[b, t]] for b in range(3) for t in range(32) if y[b, t] != -1]
+    assert len(nll) == 3 * 32 - 5
+    assert abs(loss.item() - float(sum(nll) / len(nll))) < 1e-6
