@@ -5,6 +5,7 @@
     python experiments/bench.py --device cuda --compile
     python experiments/bench.py --init out/demo/base/ckpt.pt   # GFT/GRPO step with a trained model (rollouts stop at eos)
     python experiments/bench.py --quick --nanogpt .nanogpt/model.py   # on a GPU: + section 4 against nanoGPT's model
+    python experiments/bench.py --quick --nanogpt .nanogpt/model.py --before .nanogpt/model_before.py   # + an older model.py
 
 Section 4 runs on CUDA only (a printed line says it was skipped elsewhere): issue 13's figures at
 GPT-2-small shape (12x12x768, block 1024, vocab 50304, bf16 autocast, fused AdamW): training
@@ -12,7 +13,9 @@ tok/s and MFU, eager and compiled, against nanoGPT's model.py when --nanogpt giv
 is never copied into this repository); generation at batch 64, prompt 64, 192 new tokens by the
 eager cache, fast decode (GPT.generate(fast=True)), recompute and nanoGPT's generate; fast decode
 at the default config; GFT step / GRPO step with fast decode. Each ratio is printed with PASS or
-MISS against the issue's target. experiments/gpu_check.sh runs it with the GPU tests.
+MISS against the issue's target. Changes that have a switch are timed both ways in the same run
+(fused rotary against unfused; fast decode with its step compiled or not); the others against
+--before, an older model.py of this project. experiments/gpu_check.sh runs it with the GPU tests.
 
 Every figure is a median over --repeats timed runs after warm-up runs. Runs that are compared
 (cache vs recompute, GFT vs GRPO, 1 vs N threads) alternate, so drift in the machine's load
@@ -387,22 +390,26 @@ def verdict(ratio, target, at_most=False):
     return f"{'PASS' if ok else 'MISS'} (target {'<=' if at_most else '>='} {target:g}x)"
 
 
-def load_nanogpt(path):
-    """nanoGPT's model.py (karpathy/nanoGPT), imported from the given path; never copied here."""
-    spec = importlib.util.spec_from_file_location("nanogpt_model", path)
+def load_nanogpt(path, name="nanogpt_model"):
+    """nanoGPT's model.py (karpathy/nanoGPT), or --before's older model.py of this project, imported
+    from the given path; never copied here."""
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     with contextlib.redirect_stdout(io.StringIO()):  # it prints its parameter count
         spec.loader.exec_module(mod)
     return mod
 
 
-def gpt2_models(nanogpt):
+def gpt2_models(nanogpt, before=None):
     """{name: model} at GPT2 shape, random init; the same config for every one."""
     models = {}
     if nanogpt:
         torch.manual_seed(0)
         with contextlib.redirect_stdout(io.StringIO()):
             models["nanoGPT"] = nanogpt.GPT(nanogpt.GPTConfig(**GPT2))
+    if before:  # the same weights as "ours" (same seed, same parameter names and init order)
+        torch.manual_seed(0)
+        models["before"] = before.GPT(before.GPTConfig(**GPT2))
     torch.manual_seed(0)
     models["ours"] = GPT(GPTConfig(**GPT2))
     models["ours unfused rotary"] = models["ours"]  # the same model, model.FUSE_ROTARY off in its steps
@@ -446,7 +453,7 @@ def gpt2_training(models, device, args, peak):
     for compile_ in (False, True) if args.gpu_compile else (False,):
         # compiled: nanoGPT's and ours only (each compile takes about a minute; compiled, rotary is fused anyway)
         timed_models = {k: m for k, m in models.items() if not (compile_ and k in ("ours rope=False",
-                                                                                   "ours unfused rotary"))}
+                                                                                   "ours unfused rotary", "before"))}
         steps = runnable({name: gpt2_train_step(m.to(device).train(), device, compile_, "unfused" not in name)
                           for name, m in timed_models.items()})
         t = medians(steps, device, max(10, 2 * args.repeats), warmup=3)  # the first calls compile
@@ -465,18 +472,20 @@ def gpt2_training(models, device, args, peak):
     return rows
 
 
-def generation_fns(model, idx, new, device, nanogpt_model=None):
+def generation_fns(model, idx, new, device, nanogpt_model=None, before_model=None):
     """{path: run()} for one batch of prompts idx: this project's fast decode (its step compiled or
-    not), eager cache and recompute, and nanoGPT's generate (which recomputes the prefix) when given;
-    all bf16."""
-    def ours(**kw):
+    not), eager cache and recompute, --before's fast decode and eager cache, and nanoGPT's generate
+    (which recomputes the prefix) when given; all bf16."""
+    def ours(m=model, **kw):
         def run():
             g = torch.Generator(device=device).manual_seed(0)
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                model.generate(idx, new, temperature=1.0, generator=g, **kw)
+                m.generate(idx, new, temperature=1.0, generator=g, **kw)
         return run
     fns = {"fast, compiled step": ours(fast=True, compile_step=True), "fast": ours(fast=True), "cache": ours(),
            "recompute": ours(use_cache=False)}
+    if before_model is not None:
+        fns.update({"before: fast": ours(before_model, fast=True), "before: cache": ours(before_model)})
     if nanogpt_model is not None:
         def nano():
             with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -489,18 +498,24 @@ def gpt2_generation(models, device, args):
     """New tokens/s of every path at G2_BATCH x G2_PROMPT + G2_NEW, interleaved."""
     idx = torch.randint(0, GPT2["vocab_size"], (G2_BATCH, G2_PROMPT),
                         generator=torch.Generator().manual_seed(0)).to(device)
-    nano = models["nanoGPT"].to(device).eval() if "nanoGPT" in models else None
-    fns = runnable(generation_fns(models["ours"].to(device).eval(), idx, G2_NEW, device, nano))
+    nano, before = (models[k].to(device).eval() if k in models else None for k in ("nanoGPT", "before"))
+    fns = runnable(generation_fns(models["ours"].to(device).eval(), idx, G2_NEW, device, nano, before))
     t = medians(fns, device, args.repeats, warmup=1)
     return {name: G2_BATCH * G2_NEW / sec for name, sec in t.items()}
 
 
-def default_generation(device, args, tok):
+def default_generation(device, args, tok, before=None):
     """Section 2's shape at the default config, with fast decode: new tokens/s per path."""
     idx = torch.randint(0, 256, (GEN_BATCH, GEN_PROMPT), generator=torch.Generator().manual_seed(0)).to(device)
+    shape = dict(block_size=BLOCK, vocab_size=tok.vocab_size, **CONFIGS["default"])
     torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=BLOCK, vocab_size=tok.vocab_size, **CONFIGS["default"])).to(device).eval()
-    t = medians(runnable(generation_fns(model, idx, GEN_NEW, device)), device, args.repeats, warmup=1)
+    model = GPT(GPTConfig(**shape)).to(device).eval()
+    old = None
+    if before:
+        torch.manual_seed(0)
+        old = before.GPT(before.GPTConfig(**shape)).to(device).eval()
+    t = medians(runnable(generation_fns(model, idx, GEN_NEW, device, before_model=old)), device, args.repeats,
+                warmup=1)
     return {name: GEN_BATCH * GEN_NEW / sec for name, sec in t.items()}
 
 
@@ -526,7 +541,8 @@ def profile_decode(device):
 def bench_gpu(device, args, tok, peak, rl_ratio_eager):
     """Section 4 (CUDA only): issue 13's figures, with PASS/MISS against its targets."""
     nanogpt = load_nanogpt(args.nanogpt) if args.nanogpt else None
-    models = gpt2_models(nanogpt)
+    before = load_nanogpt(args.before, "before_model") if args.before else None
+    models = gpt2_models(nanogpt, before)
     n = models["ours"].num_params(non_embedding=False)
     print(f"\n4. GPU, GPT-2-small shape ({label(GPT2)}, block {GPT2['block_size']}, vocab {GPT2['vocab_size']}, "
           f"{n / 1e6:.0f}M params), bf16 autocast, {torch.cuda.get_device_name(device)}"
@@ -549,7 +565,7 @@ def bench_gpu(device, args, tok, peak, rl_ratio_eager):
     del models
     torch.cuda.empty_cache()
 
-    d = default_generation(device, args, tok)
+    d = default_generation(device, args, tok, before)
     per_path = ", ".join(f"{name} {tps:.0f}" for name, tps in d.items())
     print(f"\n   generation at the default config (section 2's shape), new tok/s: {per_path}")
     for name in [n for n in ("fast, compiled step", "fast", "cache") if n in d]:
@@ -588,6 +604,8 @@ def main(argv=None):
                    help="CPU threads; 0 = torch's default, or 1 when the first measurement finds 1 faster")
     p.add_argument("--init", default="", help="train.py checkpoint for the GFT/GRPO step (default: random init)")
     p.add_argument("--nanogpt", default="", help="GPU section: path to karpathy/nanoGPT's model.py to compare with")
+    p.add_argument("--before", default="", help="GPU section: an older model.py of this project (e.g. `git show "
+                   "COMMIT:model.py > .nanogpt/model_before.py`), timed beside the current one")
     p.add_argument("--gpu_compile", type=int, default=1, choices=(0, 1),
                    help="GPU section: also time torch.compile'd training (1, ~1-2 min of compiling) or not (0)")
     p.add_argument("--gpu_profile", action="store_true", help="GPU section: torch.profiler tables of decoding")
@@ -598,8 +616,9 @@ def main(argv=None):
         args.repeats = min(args.repeats, 3)
     if args.threads < 0:
         raise SystemExit(f"--threads must be >= 0, got {args.threads}")
-    if args.nanogpt and not os.path.isfile(args.nanogpt):
-        raise SystemExit(f"--nanogpt {args.nanogpt!r}: no such file (give the path to nanoGPT's model.py)")
+    for opt_ in ("nanogpt", "before"):
+        if getattr(args, opt_) and not os.path.isfile(getattr(args, opt_)):
+            raise SystemExit(f"--{opt_} {getattr(args, opt_)!r}: no such file (give the path to a model.py)")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)

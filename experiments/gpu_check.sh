@@ -12,7 +12,8 @@
 #   bench      experiments/bench.py --quick --gpu_profile: sections 1-3 on the GPU, then section 4 (GPT-2-small
 #              shape, PASS/MISS against issue 13's targets; fused rotary against unfused, fast decode with
 #              its step compiled or not), against nanoGPT's model.py when it is at .nanogpt/model.py
-#              (not in git: bring it along, e.g. the device tool's carry) (~5 min)
+#              (not in git: bring it along, e.g. the device tool's carry), and against an older
+#              model.py of ours when it is at .nanogpt/model_before.py (git show COMMIT:model.py) (~5 min)
 #   suite      python -m pytest -q tests, the whole suite, every failure listed (less test_gpu.py when gpu_tests ran), with
 #              the time that is left
 # The measurements run before the whole suite so that they land even if the suite needs longer
@@ -61,6 +62,7 @@ export -f info  # stage runs commands under timeout, which needs a program: bash
 
 NANO=()
 [[ -f .nanogpt/model.py ]] && NANO=(--nanogpt .nanogpt/model.py)
+[[ -f .nanogpt/model_before.py ]] && NANO+=(--before .nanogpt/model_before.py)  # an older model.py of ours
 SKIP_GPU=()  # tests/test_gpu.py already ran as its own stage: the two stages together are the whole suite
 [[ " $STAGES " == *" gpu_tests "* ]] && SKIP_GPU=(--ignore tests/test_gpu.py)
 XDIST=()
