@@ -477,7 +477,10 @@ def fast_generate(model, idx, max_new_tokens, temperature, top_k, pad_mask, eos_
       logits (B, V)  the step's output (a graph's static output on CUDA)
 
     compile_step=True runs the step through torch.compile first (fusing its small kernels), then
-    captures that; the first call compiles (seconds to a minute), later calls of any batch or length reuse it.
+    captures that. The first call compiles (seconds to a minute); a new length reuses it, a new batch
+    size may compile once more. Under autocast the compiled step gets the Linear weights already in
+    the autocast dtype, cast once per call here: traced autocast would cast them in every step
+    (eager autocast caches the casts, and the eager graph replays with those copies).
 
     Sampling and the stop bookkeeping stay outside the step, as in GPT.generate, so the
     generator is drawn from in the same order (it may draw up to STOP_CHECK_EVERY - 1 more
@@ -500,9 +503,16 @@ def fast_generate(model, idx, max_new_tokens, temperature, top_k, pad_mask, eos_
     mask = key_bias[:, None, None, :]  # (B, 1, 1, max_len), a view: the step sees every update
     slot_cache = SlotKVCache(cache, slot)
 
+    decoder, weights = DecodeStep(model), {}
+    if compile_step and cache.dtype != model.lm_head.weight.dtype:  # autocast: Linear weights and biases, cast once
+        weights = {f"model.{m}.{k}": p.to(cache.dtype) for m, mod in model.named_modules() if isinstance(mod, nn.Linear)
+                   for k, p in mod.named_parameters()}
+
     def step():  # idempotent for fixed inputs (it writes slot `slot` only), so graph warm-up is harmless
         key_bias.index_fill_(1, slot, 0.0)
-        return model._logits(tok, cache=slot_cache, pos=pos, attn_mask=mask)[:, -1]  # (B, V)
+        if weights:  # lm_head's copy replaces it alone (tie_weights=False): the embedding still reads float32 wte
+            return torch.func.functional_call(decoder, weights, (tok, slot_cache, pos, mask), tie_weights=False)
+        return decoder(tok, slot_cache, pos, mask)  # (B, V)
 
     fn = torch.compile(step, dynamic=True) if compile_step else step
     run_step = None if dev.type == "cuda" else fn  # CUDA: captured at the first step, when tok holds a real token
@@ -522,11 +532,24 @@ def fast_generate(model, idx, max_new_tokens, temperature, top_k, pad_mask, eos_
     return Generation(out, lengths, done)
 
 
+class DecodeStep(nn.Module):
+    """fast_generate's one-token step as a module's forward, so torch.func.functional_call can run it
+    with other weights (the Linear weights pre-cast for the compiled step)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tok, cache, pos, attn_mask):
+        return self.model._logits(tok, cache=cache, pos=pos, attn_mask=attn_mask)[:, -1]  # (B, V)
+
+
 def cuda_graph(fn):
     """fn() -> tensor, run on static buffers -> a function that replays fn captured as a CUDA graph
     and returns its (static) output. Warm-up on a side stream first, as torch.cuda.graph requires.
-    Under autocast the weights' bf16 copies come from autocast's cache, made in the warm-up;
-    the graph is used only inside the caller's autocast region, which keeps them alive."""
+    Under autocast the weights' bf16 copies come from autocast's cache, made in the warm-up (or, for
+    a compiled step, from fast_generate's pre-cast copies); the graph is used only inside the
+    caller's autocast region and generate call, which keep them alive."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):

@@ -526,15 +526,14 @@ def profile_decode(device):
     torch.manual_seed(0)
     model = GPT(GPTConfig(**GPT2)).to(device).eval()
     idx = torch.randint(0, GPT2["vocab_size"], (G2_BATCH, G2_PROMPT), device=device)
-    fns = generation_fns(model, idx, 32, device)
-    for path in ("cache", "fast", "fast, compiled step"):
-        fns[path]()  # warm-up (and compile)
+    fns = runnable(generation_fns(model, idx, 32, device))  # also the warm-up (and the compile)
+    for path in [p for p in ("cache", "fast", "fast, compiled step") if p in fns]:
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             fns[path]()
             sync(device)
         table_ = prof.key_averages()
         kernels = sum(e.count for e in table_ if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA)
-        print(f"\n   profile: 32 new tokens, {path}: {kernels} GPU kernels (top 12 by CUDA time)")
+        print(f"\n   profile: 32 new tokens, {path}: {kernels} GPU events (kernels, copies, fills; top 12 by CUDA time)")
         print(table_.table(sort_by="cuda_time_total", row_limit=12))
 
 
@@ -550,10 +549,15 @@ def bench_gpu(device, args, tok, peak, rl_ratio_eager):
     print(f"   training: batch {GPT2_BATCH} x {GPT2['block_size']}, fused AdamW, clip 1.0; MFU against the "
           f"matmul peak above")
     table(("model", "tok/s", "ms/step", "MFU", "vs nanoGPT"), gpt2_training(models, device, args, peak))
+    print(f"   rotary fused in 'ours' rows: {model_module.FUSE_ROTARY and model_module.has_triton()}"
+          + ("" if model_module.FUSE_ROTARY else " (it failed and fell back to eager: see the warning above)"))
 
     print(f"\n   generation: batch {G2_BATCH}, prompt {G2_PROMPT}, {G2_NEW} new tokens, temperature 1 "
           f"(new tokens/s)")
     r = gpt2_generation(models, device, args)
+    if "recompute" not in r:
+        print("   recompute failed (above): no ratios")
+        return
     rows = [(name, f"{tps:.0f}", f"{tps / r['recompute']:.1f}x",
              f"{tps / r['nanoGPT generate']:.1f}x" if "nanoGPT generate" in r else "-") for name, tps in r.items()]
     table(("path", "new tok/s", "vs recompute", "vs nanoGPT generate"), rows)
@@ -566,6 +570,9 @@ def bench_gpu(device, args, tok, peak, rl_ratio_eager):
     torch.cuda.empty_cache()
 
     d = default_generation(device, args, tok, before)
+    if "recompute" not in d:
+        print("   default config: recompute failed (above): no ratios")
+        return
     per_path = ", ".join(f"{name} {tps:.0f}" for name, tps in d.items())
     print(f"\n   generation at the default config (section 2's shape), new tok/s: {per_path}")
     for name in [n for n in ("fast, compiled step", "fast", "cache") if n in d]:

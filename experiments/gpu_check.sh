@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 13's checks on a GPU machine, in one run of about 9 minutes:
+# Issue 13's checks on a GPU machine, in one run of about 9.5 minutes:
 #
 #   bash experiments/gpu_check.sh                  # logs in $OUT if set, else out/gpu_check
 #   STAGES="info gpu_tests bench" bash experiments/gpu_check.sh   # a subset, in this order

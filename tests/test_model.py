@@ -495,17 +495,28 @@ def test_fast_decode_checks_settings_as_eager_does():
         model.generate(prompt, 2, fast=True, use_cache=False)
 
 
-def test_compiled_fast_decode_step_gives_eager_tokens():
+@pytest.mark.parametrize("bf16", [False, True])
+def test_compiled_fast_decode_step_gives_eager_tokens(bf16):
     """compile_step=True: the step through torch.compile (C++ on CPU, Triton on GPU; the GPU's CUDA
-    graph is in tests/test_gpu.py) draws the eager tokens from the same generator, for ragged prompts
-    and rows that stop; the KV cache is one tensor per layer, so the compiled step writes it in place."""
+    graph is in tests/test_gpu.py) gives GPT.generate's tokens, for ragged prompts and rows that
+    stop: sampled from the same generator in float32; greedy under bf16 autocast, where the step
+    runs with pre-cast Linear weights (logits separated, so bf16 rounding decides no near-tie)."""
+    from torch._dynamo.utils import counters
     model = random_model()
+    if bf16:
+        with torch.no_grad():
+            model.lm_head.weight.mul_(30)
     idx, mask = left_pad(RAGGED)
-    ref = model.generate(idx, 24, pad_mask=mask, generator=torch.Generator().manual_seed(5)).tokens
-    eos = int(ref[0, 3])  # some rows stop
-    a, b = (model.generate(idx, 24, pad_mask=mask, eos_id=eos, pad_id=PAD, generator=torch.Generator().manual_seed(5),
-                           fast=True, compile_step=compiled) for compiled in (False, True))
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    kw = dict(temperature=0.0 if bf16 else 1.0, pad_mask=mask, pad_id=PAD)
+    draws = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    eos = int(model.generate(idx, 24, generator=draws(), **kw).tokens[0, 3])  # some rows stop
+    graphs = counters["stats"]["unique_graphs"]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        eager, compiled = (model.generate(idx, 24, eos_id=eos, generator=draws(), fast=fast, compile_step=fast, **kw)
+                           for fast in (False, True))
+    assert counters["stats"]["unique_graphs"] > graphs  # the step was compiled, not run eagerly
+    assert all(torch.equal(x, y) for x, y in zip(eager, compiled))
+    assert bool(compiled.stopped.any())
     with pytest.raises(ValueError, match="needs fast=True"):
         model.generate(idx, 2, compile_step=True)
 
