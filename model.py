@@ -504,9 +504,8 @@ def fast_generate(model, idx, max_new_tokens, temperature, top_k, pad_mask, eos_
     slot_cache = SlotKVCache(cache, slot)
 
     decoder, weights = DecodeStep(model), {}
-    if compile_step and cache.dtype != model.lm_head.weight.dtype:  # autocast: Linear weights and biases, cast once
-        weights = {f"model.{m}.{k}": p.to(cache.dtype) for m, mod in model.named_modules() if isinstance(mod, nn.Linear)
-                   for k, p in mod.named_parameters()}
+    if compile_step and cache.dtype != model.lm_head.weight.dtype:  # autocast
+        weights = precast_linear_weights(model, cache.dtype)
 
     def step():  # idempotent for fixed inputs (it writes slot `slot` only), so graph warm-up is harmless
         key_bias.index_fill_(1, slot, 0.0)
@@ -530,6 +529,13 @@ def fast_generate(model, idx, max_new_tokens, temperature, top_k, pad_mask, eos_
         pos += 1
         slot += 1
     return Generation(out, lengths, done)
+
+
+def precast_linear_weights(model, dtype):
+    """{DecodeStep parameter name: copy in dtype} of every nn.Linear's weight and bias: what autocast
+    casts at each use. Parameters (not plain tensors), so that torch.compile keeps their shapes static."""
+    return {f"model.{m}.{k}": nn.Parameter(p.detach().to(dtype), requires_grad=False)
+            for m, mod in model.named_modules() if isinstance(mod, nn.Linear) for k, p in mod.named_parameters()}
 
 
 class DecodeStep(nn.Module):

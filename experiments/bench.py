@@ -548,34 +548,35 @@ def bench_gpu(device, args, tok, peak, rl_ratio_eager):
           + ("" if nanogpt else "; nanoGPT not compared (--nanogpt PATH/model.py)"))
     print(f"   training: batch {GPT2_BATCH} x {GPT2['block_size']}, fused AdamW, clip 1.0; MFU against the "
           f"matmul peak above")
-    table(("model", "tok/s", "ms/step", "MFU", "vs nanoGPT"), gpt2_training(models, device, args, peak))
-    print(f"   rotary fused in 'ours' rows: {model_module.FUSE_ROTARY and model_module.has_triton()}"
-          + ("" if model_module.FUSE_ROTARY else " (it failed and fell back to eager: see the warning above)"))
+    rows = gpt2_training(models, device, args, peak)
+    table(("model", "tok/s", "ms/step", "MFU", "vs nanoGPT"), rows)
+    if not model_module.has_triton():
+        fused = "no (Triton is not installed)"
+    elif not any(row[0] == "ours eager" for row in rows):
+        fused = "unknown: the 'ours eager' row failed (above)"
+    else:
+        fused = "yes" if model_module.FUSE_ROTARY else "no (its compile failed: the warning above)"
+    print(f"   rotary fused in the 'ours eager' row: {fused}")
 
     print(f"\n   generation: batch {G2_BATCH}, prompt {G2_PROMPT}, {G2_NEW} new tokens, temperature 1 "
           f"(new tokens/s)")
     r = gpt2_generation(models, device, args)
-    if "recompute" not in r:
-        print("   recompute failed (above): no ratios")
-        return
-    rows = [(name, f"{tps:.0f}", f"{tps / r['recompute']:.1f}x",
-             f"{tps / r['nanoGPT generate']:.1f}x" if "nanoGPT generate" in r else "-") for name, tps in r.items()]
-    table(("path", "new tok/s", "vs recompute", "vs nanoGPT generate"), rows)
+
+    def vs(name, base):  # "-" where the base path failed (runnable printed why)
+        return f"{r[name] / r[base]:.1f}x" if base in r else "-"
+    table(("path", "new tok/s", "vs recompute", "vs nanoGPT generate"),
+          [(name, f"{tps:.0f}", vs(name, "recompute"), vs(name, "nanoGPT generate")) for name, tps in r.items()])
     for name in [n for n in ("fast, compiled step", "fast", "cache") if n in r]:
-        line = f"   {name}: vs recompute {verdict(r[name] / r['recompute'], TARGETS['gen_gpt2'])}"
-        if "nanoGPT generate" in r:
-            line += f"; vs nanoGPT generate {verdict(r[name] / r['nanoGPT generate'], TARGETS['gen_gpt2'])}"
-        print(line)
+        checks = [f"vs {base} {verdict(r[name] / r[base], TARGETS['gen_gpt2'])}"
+                  for base in ("recompute", "nanoGPT generate") if base in r]
+        print(f"   {name}: {'; '.join(checks) or 'no base to compare with'}")
     del models
     torch.cuda.empty_cache()
 
     d = default_generation(device, args, tok, before)
-    if "recompute" not in d:
-        print("   default config: recompute failed (above): no ratios")
-        return
     per_path = ", ".join(f"{name} {tps:.0f}" for name, tps in d.items())
     print(f"\n   generation at the default config (section 2's shape), new tok/s: {per_path}")
-    for name in [n for n in ("fast, compiled step", "fast", "cache") if n in d]:
+    for name in [n for n in ("fast, compiled step", "fast", "cache") if n in d and "recompute" in d]:
         print(f"   {name} vs recompute: {d[name] / d['recompute']:.1f}x"
               + (f" {verdict(d[name] / d['recompute'], TARGETS['gen_default'])}" if name != "cache" else ""))
 

@@ -4,15 +4,17 @@
     python experiments/traffic.py --nanogpt .nanogpt/model.py --before .nanogpt/model_before.py
 
 On a GPU, everything but the matrix multiplies and attention is bound by memory bandwidth, and a
-one-token decode step by the number of kernels it launches. Neither depends on the device, so a
-session without a GPU can still see what a change does to them (docs/performance.md, "Changes
+one-token decode step by the number of kernels it launches. Both counts depend little on the
+device, so a session without a GPU can still see what a change does to them (docs/performance.md, "Changes
 after run 2"). A TorchDispatchMode sees every operation torch runs, forward and backward:
 
 1. bytes per training step at GPT-2-small shape (12x12x768, block 1024, vocab 50304) under bf16
    autocast: inputs + outputs of every operation that is not a view, a matmul or attention.
-   Counted at batch 1 (on the CPU) and scaled to nanoGPT's batch 16. CPU autocast is not CUDA's
-   (the weights' bf16 copies are made at every use here, for instance), so read the differences
-   between models, not the totals.
+   Counted at batches 1 and 2 and extended linearly to nanoGPT's batch 16 (b1 + 15 (b2 - b1)):
+   some bytes do not grow with the batch (the weights' bf16 casts, the embedding's gradient).
+   CPU autocast is not CUDA's (it casts the logits to float32 before a log-softmax, which CUDA
+   reads in bf16; the attention kernels differ), so read the differences between models, not
+   the totals.
 2. operations dispatched in one fast-decode step (GPT.generate(fast=True)) of a 12-layer model
    under bf16 autocast: about one kernel each on a GPU, before any fusion.
 """
@@ -61,12 +63,12 @@ class Tally(TorchDispatchMode):
         return sum(b for k, b in self.bytes.items() if k not in MATMUL and "attention" not in k)
 
 
-def training_tally(module, **cfg):
-    """One forward + backward of module.GPT at GPT2 shape (cfg overrides), batch 1, bf16 autocast."""
+def training_tally(module, batch, **cfg):
+    """One forward + backward of module.GPT at GPT2 shape (cfg overrides), bf16 autocast."""
     torch.manual_seed(0)
     with contextlib.redirect_stdout(io.StringIO()):  # nanoGPT prints its parameter count
         m = module.GPT(module.GPTConfig(**{**GPT2, **cfg}))
-    x, y = (torch.randint(0, GPT2["vocab_size"], (1, GPT2["block_size"])) for _ in range(2))
+    x, y = (torch.randint(0, GPT2["vocab_size"], (batch, GPT2["block_size"])) for _ in range(2))
     with Tally() as t:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             _, loss = m(x, y)
@@ -108,18 +110,20 @@ def main(argv=None):
     if args.before:
         modules["before"] = load_nanogpt(args.before, "before_model")
     modules["ours"] = ours
-    scale = 16  # nanoGPT's batch at this shape; counted at batch 1
 
     print("1. bytes per training step outside matmuls and attention, GPT-2-small shape, batch 16 (bf16 autocast)")
-    rows = {}
+    gb = {}  # name -> GB at batch 16, from the counts at batches 1 and 2
+    ops = {}
     for name, mod in modules.items():
-        rows[name] = training_tally(mod)
-        if name != "nanoGPT":
-            rows[f"{name} rope=False"] = training_tally(mod, rope=False)
-    ref = rows.get("nanoGPT")
-    for name, t in rows.items():
-        vs = f"  {scale * (t.other_bytes() - ref.other_bytes()) / 1e9:+6.2f} GB vs nanoGPT" if ref else ""
-        print(f"   {name:20s} {scale * t.other_bytes() / 1e9:7.2f} GB in {sum(t.calls.values())} operations{vs}")
+        for label, cfg in ((name, {}), (f"{name} rope=False", dict(rope=False))):
+            if name == "nanoGPT" and cfg:
+                continue  # nanoGPT has learned positions only
+            b1, b2 = (training_tally(mod, b, **cfg) for b in (1, 2))
+            gb[label] = (b1.other_bytes() + 15 * (b2.other_bytes() - b1.other_bytes())) / 1e9
+            ops[label] = sum(b1.calls.values())
+    for name in gb:
+        vs = f"  {gb[name] - gb['nanoGPT']:+6.2f} GB vs nanoGPT" if "nanoGPT" in gb else ""
+        print(f"   {name:20s} {gb[name]:7.2f} GB in {ops[name]} operations{vs}")
 
     print("\n2. operations dispatched in one fast-decode step, 12 layers (bf16 autocast), most frequent first")
     for name, mod in modules.items():

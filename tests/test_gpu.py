@@ -97,12 +97,15 @@ def test_kv_cache_and_fast_graph_decode_give_recompute_greedy_tokens_on_cuda(fit
 @pytest.mark.parametrize("autocast", [True, False])
 def test_compiled_fast_decode_gives_the_eager_cache_greedy_tokens_on_cuda(fitted, autocast):
     """compile_step=True: the step compiled (Triton), then captured as a CUDA graph."""
+    from torch._dynamo.utils import counters
     idx, mask = (x.to(DEV) for x in left_pad(PROMPTS, width=max(map(len, PROMPTS)) + 2))
     ctx = torch.autocast(**BF16) if autocast else torch.autocast("cuda", enabled=False)
+    breaks = sum(counters["graph_break"].values())
     with ctx:
         kw = dict(temperature=0, pad_mask=mask, eos_id=EOS, pad_id=PAD)
         cached = fitted.generate(idx, 50, **kw)
         compiled = fitted.generate(idx, 50, fast=True, compile_step=True, **kw)
+    assert sum(counters["graph_break"].values()) == breaks  # one graph: nothing of the step left to eager
     assert all(torch.equal(x, y) for x, y in zip(cached, compiled))
 
 
@@ -113,6 +116,8 @@ def test_fused_rotary_training_step_matches_eager_rotary_under_bf16(monkeypatch)
     model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=64)).to(DEV)
     x = torch.randint(0, 256, (4, 65), device=DEV)
     w = model.transformer.h[0].attn.c_attn.weight
+    compiled, calls = M.fused_rotate_real(), []
+    monkeypatch.setattr(M, "fused_rotate_real", lambda: lambda *a: calls.append(1) or compiled(*a))
     res = {}
     for fused in (False, True):
         monkeypatch.setattr(M, "FUSE_ROTARY", fused)
@@ -120,6 +125,7 @@ def test_fused_rotary_training_step_matches_eager_rotary_under_bf16(monkeypatch)
             _, loss = model(x[:, :-1], x[:, 1:])
         res[fused] = loss.item(), torch.autograd.grad(loss, w)[0].float()
     assert M.has_triton() and M.FUSE_ROTARY, "no Triton, or the fused rotary failed and fell back to eager"
+    assert len(calls) == 2  # one per layer, in the fused run only
     assert abs(res[True][0] - res[False][0]) < 0.005 * res[False][0]
     assert torch.nn.functional.cosine_similarity(res[True][1].flatten(), res[False][1].flatten(), dim=0) > 0.999
 

@@ -501,7 +501,9 @@ def test_compiled_fast_decode_step_gives_eager_tokens(bf16):
     graph is in tests/test_gpu.py) gives GPT.generate's tokens, for ragged prompts and rows that
     stop: sampled from the same generator in float32; greedy under bf16 autocast, where the step
     runs with pre-cast Linear weights (logits separated, so bf16 rounding decides no near-tie)."""
+    import torch._dynamo
     from torch._dynamo.utils import counters
+    torch._dynamo.reset()  # compiled code is cached per process: start from none
     model = random_model()
     if bf16:
         with torch.no_grad():
@@ -510,15 +512,39 @@ def test_compiled_fast_decode_step_gives_eager_tokens(bf16):
     kw = dict(temperature=0.0 if bf16 else 1.0, pad_mask=mask, pad_id=PAD)
     draws = lambda: torch.Generator().manual_seed(5)  # noqa: E731
     eos = int(model.generate(idx, 24, generator=draws(), **kw).tokens[0, 3])  # some rows stop
-    graphs = counters["stats"]["unique_graphs"]
+    graphs, breaks = counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         eager, compiled = (model.generate(idx, 24, eos_id=eos, generator=draws(), fast=fast, compile_step=fast, **kw)
                            for fast in (False, True))
-    assert counters["stats"]["unique_graphs"] > graphs  # the step was compiled, not run eagerly
+    assert counters["stats"]["unique_graphs"] > graphs  # the step was compiled, not run eagerly,
+    assert sum(counters["graph_break"].values()) == breaks  # as one graph
     assert all(torch.equal(x, y) for x, y in zip(eager, compiled))
     assert bool(compiled.stopped.any())
     with pytest.raises(ValueError, match="needs fast=True"):
         model.generate(idx, 2, compile_step=True)
+
+
+def test_precast_weights_give_the_autocast_step_bitwise():
+    """The compiled step's pre-cast Linear weights (fast_generate): every name is one of the step's
+    parameters, every Linear weight is there, and under autocast the step with them is bitwise the
+    step without (autocast casts the same way); lm_head's copy leaves the float32 embedding alone."""
+    model = random_model()
+    step = M.DecodeStep(model)
+    weights = M.precast_linear_weights(model, torch.bfloat16)
+    names = {n for n, _ in step.named_parameters(remove_duplicate=False)}
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert set(weights) <= names and len(weights) == sum(len(list(m.parameters())) for m in linears)
+    assert "model.lm_head.weight" in weights and all(w.dtype == torch.bfloat16 for w in weights.values())
+    idx, mask = left_pad(RAGGED)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        cache = model._new_cache(idx.size(0), idx.size(1) + 1, idx.device)
+        model._logits(idx, mask, cache=cache)  # prefill
+        bias = torch.zeros(idx.size(0), 1, 1, idx.size(1) + 1, dtype=torch.bfloat16)
+        args = (idx[:, -1:], M.SlotKVCache(cache, torch.tensor([idx.size(1)])), mask.sum(1, keepdim=True), bias)
+        plain = step(*args)
+        precast = torch.func.functional_call(step, weights, args, tie_weights=False)
+    assert torch.equal(plain, precast)
+    assert model.transformer.wte.weight.dtype == torch.float32 and model.transformer.wte.weight is model.lm_head.weight
 
 
 def test_fused_rotary_agrees_with_eager_rotary_values_and_gradients():
