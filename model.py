@@ -156,8 +156,8 @@ def has_triton():
 @functools.cache
 def fused_rotate_real():
     """rotate_real compiled: one kernel reads q, k and the tables and writes both turned (and one for
-    the backward), in place of eager's passes. Made at first use; dynamic shapes, so a new batch or
-    length does not compile again (a length of 1, a decode step, compiles once more)."""
+    the backward), in place of eager's passes. Made at first use, with dynamic shapes: new batch sizes
+    and lengths mostly reuse it (a decode step's length of 1 compiles once more)."""
     return torch.compile(rotate_real, dynamic=True)
 
 

@@ -3,13 +3,14 @@
 #
 #   bash experiments/gpu_check.sh                  # logs in $OUT if set, else out/gpu_check
 #   STAGES="info gpu_tests bench" bash experiments/gpu_check.sh   # a subset, in this order
-#   TOTAL_S=300 BENCH_ARGS=--quick XDIST_N=10 bash experiments/gpu_check.sh   # less time, no profile, more workers
+#   TOTAL_S=300 XDIST_N=10 bash experiments/gpu_check.sh   # less time, more workers
+#   BENCH_ARGS="--quick --gpu_profile" bash experiments/gpu_check.sh   # + torch.profiler tables of decoding (~1-2 min)
 #
 # Stages, each under its own time limit, each writing <stage>.log; summary.txt gets one line each:
 #   info       nvidia-smi, torch and CUDA versions, GPU count (seconds)
 #   gpu_tests  tests/test_gpu.py: bf16 KV cache, CUDA-graph fast decode (step compiled or not), fused rotary,
 #              --compile, torchrun (~2 min)
-#   bench      experiments/bench.py --quick --gpu_profile: sections 1-3 on the GPU, then section 4 (GPT-2-small
+#   bench      experiments/bench.py --quick: sections 1-3 on the GPU, then section 4 (GPT-2-small
 #              shape, PASS/MISS against issue 13's targets; fused rotary against unfused, fast decode with
 #              its step compiled or not), against nanoGPT's model.py when it is at .nanogpt/model.py
 #              (not in git: bring it along, e.g. the device tool's carry), and against an older
@@ -74,7 +75,7 @@ for s in $STAGES; do
   case $s in
     info)      stage info 60 bash -c info ;;
     gpu_tests) stage gpu_tests 240 python -m pytest -q -x -rs tests/test_gpu.py ;;
-    bench)     stage bench 420 python experiments/bench.py ${BENCH_ARGS:---quick --gpu_profile} "${NANO[@]}" ;;
+    bench)     stage bench 420 python experiments/bench.py ${BENCH_ARGS:---quick} "${NANO[@]}" ;;
     suite)     stage suite 600 python -m pytest -q -rf "${XDIST[@]}" "${TIMEOUT[@]}" "${SKIP_GPU[@]}" tests ;;
     *)         echo "unknown stage $s (info gpu_tests bench suite)"; exit 2 ;;
   esac
