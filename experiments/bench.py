@@ -6,6 +6,7 @@
     python experiments/bench.py --init out/demo/base/ckpt.pt   # GFT/GRPO step with a trained model (rollouts stop at eos)
     python experiments/bench.py --quick --nanogpt .nanogpt/model.py   # on a GPU: + section 4 against nanoGPT's model
     python experiments/bench.py --quick --nanogpt .nanogpt/model.py --before .nanogpt/model_before.py   # + an older model.py
+    python experiments/bench.py --quick --before .nanogpt/model_before.py   # CPU: + section 5, before / now
 
 Section 4 runs on CUDA only (a printed line says it was skipped elsewhere): issue 13's figures at
 GPT-2-small shape (12x12x768, block 1024, vocab 50304, bf16 autocast, fused AdamW): training
@@ -16,6 +17,9 @@ at the default config; GFT step / GRPO step with fast decode. Each ratio is prin
 MISS against the issue's target. Changes that have a switch are timed both ways in the same run
 (fused rotary against unfused; fast decode with its step compiled or not); the others against
 --before, an older model.py of this project. experiments/gpu_check.sh runs it with the GPU tests.
+
+Section 5 runs with --before on any device: section 1's train.py step and section 2's cached
+generation by the older model.py and by this one, the same weights, interleaved; now / before.
 
 Every figure is a median over --repeats timed runs after warm-up runs. Runs that are compared
 (cache vs recompute, GFT vs GRPO, 1 vs N threads) alternate, so drift in the machine's load
@@ -590,6 +594,38 @@ def bench_gpu(device, args, tok, peak, rl_ratio_eager):
         profile_decode(device)
 
 
+# ----------------------------------------------------------------------------- 5. --before
+
+def bench_before(device, args, tok, before, configs):
+    """Section 5 (any device, with --before): the train.py step (section 1's) and cached generation
+    (section 2's), by an older model.py and by this one, the same weights, all runs interleaved.
+    Prints ms per call and now / before; more repeats than elsewhere: the differences are small."""
+    print(f"\n5. before / now: {args.before} against this model.py, the same weights, interleaved (ms per "
+          f"call, median of {max(15, 3 * args.repeats)})")
+    rows = []
+    for cname, shape in configs.items():
+        shape = dict(block_size=BLOCK, vocab_size=tok.vocab_size, **shape)
+        idx = torch.randint(0, 256, (GEN_BATCH, GEN_PROMPT), generator=torch.Generator().manual_seed(0)).to(device)
+        fns = {}
+        for name, mod in (("before", before), ("now", model_module)):
+            torch.manual_seed(0)
+            fns[("train", name)] = train_step_fn(mod.GPT(mod.GPTConfig(**shape)).to(device).train(), device,
+                                                 "train.py", False)
+            torch.manual_seed(0)
+            m = mod.GPT(mod.GPTConfig(**shape)).to(device).eval()
+
+            def gen(m=m):
+                with train.autocast(device):
+                    m.generate(idx, GEN_NEW, temperature=1.0, generator=torch.Generator(device=device).manual_seed(0))
+            fns[("generate", name)] = gen
+        t = medians(fns, device, max(15, 3 * args.repeats), warmup=1)
+        for what in ("train", "generate"):
+            b, n = t[(what, "before")], t[(what, "now")]
+            rows.append((f"{cname} {label(shape)}", "train.py step" if what == "train" else "generate (cache)",
+                         f"{1e3 * b:.1f}", f"{1e3 * n:.1f}", f"{n / b:.3f}"))
+    table(("config", "call", "before", "now", "now / before"), rows)
+
+
 # ----------------------------------------------------------------------------- report
 
 def label(shape):
@@ -612,8 +648,9 @@ def main(argv=None):
                    help="CPU threads; 0 = torch's default, or 1 when the first measurement finds 1 faster")
     p.add_argument("--init", default="", help="train.py checkpoint for the GFT/GRPO step (default: random init)")
     p.add_argument("--nanogpt", default="", help="GPU section: path to karpathy/nanoGPT's model.py to compare with")
-    p.add_argument("--before", default="", help="GPU section: an older model.py of this project (e.g. `git show "
-                   "COMMIT:model.py > .nanogpt/model_before.py`), timed beside the current one")
+    p.add_argument("--before", default="", help="an older model.py of this project (e.g. `git show "
+                   "COMMIT:model.py > .nanogpt/model_before.py`), timed beside the current one: section 5 "
+                   "(any device) and rows of section 4 (GPU)")
     p.add_argument("--gpu_compile", type=int, default=1, choices=(0, 1),
                    help="GPU section: also time torch.compile'd training (1, ~1-2 min of compiling) or not (0)")
     p.add_argument("--gpu_profile", action="store_true", help="GPU section: torch.profiler tables of decoding")
@@ -702,6 +739,8 @@ def main(argv=None):
         bench_gpu(device, args, tok, peak, ratio)
     else:
         print("\n4. GPU section (GPT-2-small shape, fast decode, nanoGPT): skipped, no CUDA device here")
+    if args.before:
+        bench_before(device, args, tok, load_nanogpt(args.before, "before_model"), configs)
     end_load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     print(f"\nbench took {time.time() - t_start:.0f} s{end_load}")
 
