@@ -394,7 +394,7 @@ def verdict(ratio, target, at_most=False):
     return f"{'PASS' if ok else 'MISS'} (target {'<=' if at_most else '>='} {target:g}x)"
 
 
-def load_nanogpt(path, name="nanogpt_model"):
+def load_model_py(path, name):
     """nanoGPT's model.py (karpathy/nanoGPT), or --before's older model.py of this project, imported
     from the given path; never copied here."""
     spec = importlib.util.spec_from_file_location(name, path)
@@ -541,10 +541,9 @@ def profile_decode(device):
         print(table_.table(sort_by="cuda_time_total", row_limit=12))
 
 
-def bench_gpu(device, args, tok, peak, rl_ratio_eager):
+def bench_gpu(device, args, tok, peak, rl_ratio_eager, before):
     """Section 4 (CUDA only): issue 13's figures, with PASS/MISS against its targets."""
-    nanogpt = load_nanogpt(args.nanogpt) if args.nanogpt else None
-    before = load_nanogpt(args.before, "before_model") if args.before else None
+    nanogpt = load_model_py(args.nanogpt, "nanogpt_model") if args.nanogpt else None
     models = gpt2_models(nanogpt, before)
     n = models["ours"].num_params(non_embedding=False)
     print(f"\n4. GPU, GPT-2-small shape ({label(GPT2)}, block {GPT2['block_size']}, vocab {GPT2['vocab_size']}, "
@@ -667,6 +666,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
+    before = load_model_py(args.before, "before_model") if args.before else None
     tok = D.Tokenizer()
     configs = {k: v for k, v in CONFIGS.items() if not (args.quick and k != "default")}
     t_start = time.time()
@@ -736,11 +736,11 @@ def main(argv=None):
     print(f"   GFT step / GRPO step = {ratio:.2f}; rollouts are {share:.0%} of the GRPO step, so halving them "
           f"alone gives 1 - {share:.2f} / 2 = {1 - share / 2:.2f}")
     if device.type == "cuda":
-        bench_gpu(device, args, tok, peak, ratio)
+        bench_gpu(device, args, tok, peak, ratio, before)
     else:
         print("\n4. GPU section (GPT-2-small shape, fast decode, nanoGPT): skipped, no CUDA device here")
     if args.before:
-        bench_before(device, args, tok, load_nanogpt(args.before, "before_model"), configs)
+        bench_before(device, args, tok, before, configs)
     end_load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     print(f"\nbench took {time.time() - t_start:.0f} s{end_load}")
 

@@ -34,7 +34,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 import model as ours
-from bench import GPT2, load_nanogpt
+from bench import GPT2, load_model_py
 
 VIEWS = {"view", "_unsafe_view", "t", "transpose", "permute", "expand", "unsqueeze", "squeeze", "slice", "select",
          "unbind", "split", "split_with_sizes", "alias", "as_strided", "detach", "view_as_real", "view_as_complex",
@@ -106,9 +106,9 @@ def main(argv=None):
             raise SystemExit(f"--{name} {getattr(args, name)!r}: no such file (give the path to a model.py)")
     modules = {}
     if args.nanogpt:
-        modules["nanoGPT"] = load_nanogpt(args.nanogpt)
+        modules["nanoGPT"] = load_model_py(args.nanogpt, "nanogpt_model")
     if args.before:
-        modules["before"] = load_nanogpt(args.before, "before_model")
+        modules["before"] = load_model_py(args.before, "before_model")
     modules["ours"] = ours
 
     print("1. bytes per training step outside matmuls and attention, GPT-2-small shape, batch 16 (bf16 autocast)")
