@@ -356,7 +356,8 @@ class GPT(nn.Module):
         fast=True decodes with `fast_generate` (end of this file; CUDA graphs on GPU; train.py's
         rollouts use it by default on CUDA): the same tokens for the same generator.
         compile_step=True (with fast=True) compiles its one-token step first (torch.compile).
-        Returns Generation(tokens (B, max_new_tokens), lengths (B,), stopped (B,)).
+        Returns Generation(tokens (B, max_new_tokens), lengths (B,), stopped (B,)); a ValueError
+        naming the rows if any row's logits held NaN or inf (checked once, at the end).
         """
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -377,9 +378,7 @@ class GPT(nn.Module):
         if fast:
             return fast_generate(self, idx, max_new_tokens, temperature, top_k, pad_mask, eos_id, pad_id, generator,
                                  compile_step)
-        out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=dev)
-        done = torch.zeros(B, dtype=torch.bool, device=dev)
-        lengths = torch.full((B,), max_new_tokens, dtype=torch.long, device=dev)
+        out, done, lengths, finite = self._new_outputs(B, max_new_tokens, pad_id, dev)
         real = torch.ones(B, T + max_new_tokens, dtype=torch.bool, device=dev)  # (B, T + new): True at real tokens
         real[:, :T] = pad_mask
         cache = seq = None
@@ -394,8 +393,7 @@ class GPT(nn.Module):
         for t in range(max_new_tokens):
             if not use_cache:
                 logits = self._logits(seq[:, :T + t], real[:, :T + t])[:, -1]
-            nxt, done, lengths = self._emit(logits, t, out, done, lengths, temperature, top_k, generator, eos_id,
-                                            pad_id)
+            nxt = self._emit(logits, t, out, done, lengths, finite, temperature, top_k, generator, eos_id, pad_id)
             if eos_id is not None and bool(done.all()):
                 break
             if t == max_new_tokens - 1:
@@ -406,19 +404,40 @@ class GPT(nn.Module):
                 cache.length += 1
             else:
                 seq[:, T + t] = nxt
-        return Generation(out, lengths, done)
+        return self._finish(out, lengths, done, finite)
 
-    def _emit(self, logits, t, out, done, lengths, temperature, top_k, generator, eos_id, pad_id):
+    @staticmethod
+    def _new_outputs(B, max_new_tokens, pad_id, dev):
+        """generate's running state: out (B, max_new_tokens) tokens, pad_id until written; done (B,)
+        rows that emitted eos_id; lengths (B,) new tokens per row; finite (B,) rows whose logits were
+        all finite so far. _emit updates them in place."""
+        out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=dev)
+        done = torch.zeros(B, dtype=torch.bool, device=dev)
+        lengths = torch.full((B,), max_new_tokens, dtype=torch.long, device=dev)
+        finite = torch.ones(B, dtype=torch.bool, device=dev)
+        return out, done, lengths, finite
+
+    def _emit(self, logits, t, out, done, lengths, finite, temperature, top_k, generator, eos_id, pad_id):
         """Sample new token t from logits (B, V) into out[:, t] (pad_id for rows already stopped);
-        a row that emits eos_id stops with length t + 1. Returns (nxt (B,), done (B,), lengths (B,))."""
-        nxt = self._sample(logits.float(), temperature, top_k, generator)
-        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+        a row that emits eos_id stops with length t + 1. Returns nxt (B,); updates done, lengths and
+        finite in place, on the device: no host sync here (fast decoding reads them every 16 tokens)."""
+        logits = logits.float()
+        finite &= logits.amax(-1).abs() < math.inf  # NaN and inf propagate into the row's max; read at the end
+        nxt = self._sample(logits, temperature, top_k, generator).masked_fill_(done, pad_id)
         out[:, t] = nxt
         if eos_id is not None:
             hit = (nxt == eos_id) & ~done
-            lengths = torch.where(hit, torch.full_like(lengths, t + 1), lengths)
-            done = done | hit
-        return nxt, done, lengths
+            lengths.masked_fill_(hit, t + 1)
+            done |= hit
+        return nxt
+
+    @staticmethod
+    def _finish(out, lengths, done, finite):
+        if not bool(finite.all()):
+            rows = (~finite).nonzero().flatten().tolist()
+            raise ValueError(f"generate: the model's logits hold NaN or inf (rows {rows[:8]}"
+                             f"{' ...' if len(rows) > 8 else ''}): the weights or activations have overflowed")
+        return Generation(out, lengths, done)
 
     def _new_cache(self, B, max_len, dev):
         """An empty KVCache for B rows of up to max_len tokens, in the dtype k and v will have."""
@@ -430,12 +449,18 @@ class GPT(nn.Module):
         """logits (B, V) -> next tokens (B,)."""
         if temperature == 0:
             return logits.argmax(-1)
-        logits = logits / temperature
+        if temperature != 1.0:  # x / 1.0 is x: one pass over (B, V) saved
+            logits = logits / temperature
         if top_k is not None and top_k < logits.size(-1):
             kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
         probs = F.softmax(logits, dim=-1)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        # torch.multinomial(probs, 1)'s own draw, the exponential race: argmax p_i / q_i, q_i ~ Exp(1),
+        # picks i with probability p_i; written out, it skips multinomial's checks of probs (some
+        # dozen kernels a token on a GPU; _emit checks the logits) and the tokens and the generator's
+        # state are bitwise multinomial's (tests/test_model.py)
+        race = torch.empty_like(probs).exponential_(1.0, generator=generator)
+        return (probs / race).argmax(-1)
 
 
 # ----------------------------------------------------------------------------- fast decode
@@ -489,9 +514,7 @@ def fast_generate(model, idx, max_new_tokens, temperature, top_k, pad_mask, eos_
     B, T = idx.shape
     dev = idx.device
     S = T + max_new_tokens
-    out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=dev)
-    done = torch.zeros(B, dtype=torch.bool, device=dev)
-    lengths = torch.full((B,), max_new_tokens, dtype=torch.long, device=dev)
+    out, done, lengths, finite = model._new_outputs(B, max_new_tokens, pad_id, dev)
     cache = model._new_cache(B, S, dev)
     logits = model._logits(idx, pad_mask, cache=cache)[:, -1]  # prefill (B, V), fills slots [0, T)
 
@@ -517,7 +540,7 @@ def fast_generate(model, idx, max_new_tokens, temperature, top_k, pad_mask, eos_
     run_step = None if dev.type == "cuda" else fn  # CUDA: captured at the first step, when tok holds a real token
 
     for t in range(max_new_tokens):
-        nxt, done, lengths = model._emit(logits, t, out, done, lengths, temperature, top_k, generator, eos_id, pad_id)
+        nxt = model._emit(logits, t, out, done, lengths, finite, temperature, top_k, generator, eos_id, pad_id)
         if eos_id is not None and (t + 1) % STOP_CHECK_EVERY == 0 and bool(done.all()):  # the only host sync
             break
         if t == max_new_tokens - 1:
@@ -528,7 +551,7 @@ def fast_generate(model, idx, max_new_tokens, temperature, top_k, pad_mask, eos_
         logits = run_step()
         pos += 1
         slot += 1
-    return Generation(out, lengths, done)
+    return model._finish(out, lengths, done, finite)
 
 
 def precast_linear_weights(model, dtype):

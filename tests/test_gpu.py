@@ -138,6 +138,19 @@ def test_fast_graph_decode_sampling_equals_eager_with_same_generator_in_float32(
     assert torch.equal(a.tokens, b.tokens)
 
 
+@pytest.mark.parametrize("temperature, top_k", [(1.0, None), (0.7, 5)])
+def test_sampler_draws_what_torch_multinomial_draws_on_cuda(temperature, top_k):
+    """GPT._sample's race against torch.multinomial on CUDA, GPT-2's vocabulary: the same tokens
+    and the generator in the same state (tests/test_model.py checks the CPU)."""
+    from test_model import multinomial_sample
+    for seed in range(5):
+        logits = torch.randn(64, 50304, device=DEV, generator=torch.Generator(DEV).manual_seed(seed)) * 4
+        ours, theirs = (torch.Generator(DEV).manual_seed(seed) for _ in range(2))
+        assert torch.equal(GPT._sample(logits, temperature, top_k, ours),
+                           multinomial_sample(logits, temperature, top_k, theirs))
+        assert torch.equal(ours.get_state(), theirs.get_state())
+
+
 def test_bf16_rotary_training_step_matches_float32_within_bf16_rounding():
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=64)).to(DEV)

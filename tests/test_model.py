@@ -267,6 +267,53 @@ def test_generator_seed_makes_sampling_reproducible():
     assert not torch.equal(sample(1), sample(2))
 
 
+def multinomial_sample(logits, temperature, top_k, generator):
+    """What GPT._sample did before it drew the race itself: torch.multinomial on the same probabilities."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator).squeeze(1)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.integers(1, 64), st.integers(2, 600), st.sampled_from([0.0, 0.3, 1.0, 1.7]),
+       st.one_of(st.none(), st.integers(1, 8)), st.floats(0.0, 30.0), st.integers(0, 2**31))
+def test_sampler_draws_what_torch_multinomial_draws(B, V, temperature, top_k, scale, seed):
+    """GPT._sample draws multinomial's exponential race itself: the same token in every row and
+    the generator left in the same state, for flat (scale 0) to near-one-hot (scale 30) rows."""
+    logits = torch.randn(B, V, generator=torch.Generator().manual_seed(seed)) * scale
+    ours, theirs = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+    a = GPT._sample(logits, temperature, top_k, ours)
+    b = multinomial_sample(logits, temperature, top_k, theirs)
+    assert torch.equal(a, b)
+    assert torch.equal(ours.get_state(), theirs.get_state())
+
+
+@pytest.mark.parametrize("path", [dict(), dict(use_cache=False), dict(fast=True)])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+@pytest.mark.parametrize("where, value", [("transformer.wte", float("nan")), ("lm_head", float("inf"))])
+def test_generate_with_nonfinite_logits_raises_naming_the_rows(path, temperature, where, value):
+    """Row 1's embeddings made NaN, or one of its logits +inf (activations that overflowed):
+    generate says which rows, where multinomial raised on the CPU (a device-side assert on CUDA)
+    and greedy decoding went on silently. Rows never mix, so rows 0 and 2 stay finite."""
+    model = random_model()
+    prompts = torch.tensor([[5, 6, 7], [5, 9, 7], [8, 6, 5]])
+
+    def poison(module, args, out):  # (3, T, C or V) -> row 1 not finite
+        out = out.clone()
+        out[1, :, 3] = value
+        return out
+
+    hook = model.get_submodule(where).register_forward_hook(poison)
+    with pytest.raises(ValueError, match=r"logits hold NaN or inf \(rows \[1\]\)"):
+        model.generate(prompts, 5, temperature=temperature, generator=torch.Generator().manual_seed(0), **path)
+    hook.remove()
+    model.generate(prompts, 5, temperature=temperature, generator=torch.Generator().manual_seed(0), **path)
+
+
 def check_stopping(ref, gen, eos_id, pad_id, max_new):
     """gen (with eos_id) against ref (the same greedy run without it), row by row."""
     for i in range(ref.size(0)):
@@ -483,6 +530,32 @@ def test_fast_decode_sampled_rows_stop_as_eager_ones_do():
     gen = model.generate(idx, 30, pad_mask=mask, eos_id=eos, pad_id=PAD, generator=torch.Generator().manual_seed(5),
                          fast=True)
     check_stopping(ref, gen, eos, PAD, 30)
+
+
+def host_reads(fn):
+    """How many times fn reads a tensor's value back to the host (aten::_local_scalar_dense, behind
+    .item(), bool() and int(); on a GPU each is a sync), counted by the profiler, which also sees
+    the reads inside ATen's own operators."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(e.name == "aten::_local_scalar_dense" for e in prof.events())
+
+
+def test_fast_decode_reads_the_device_only_at_its_stop_checks():
+    """Issue 13: no host sync per token. A fixed number of reads per call (the settings check,
+    the prefill's position check, the final finite check), plus one per STOP_CHECK_EVERY tokens
+    when there is an eos to stop at: torch.multinomial alone read the device every token here."""
+    model = random_model()
+    idx, mask = left_pad(RAGGED)
+    n = M.STOP_CHECK_EVERY
+
+    def reads(new, eos_id=None):
+        return host_reads(lambda: model.generate(idx, new, pad_mask=mask, eos_id=eos_id, fast=True,
+                                                 generator=torch.Generator().manual_seed(0)))
+
+    fixed = reads(2)
+    assert reads(2 * n + 4) == fixed
+    assert reads(2 * n + 4, eos_id=EOS) == fixed + 2  # checks after tokens n and 2n; not every row stops
 
 
 def test_fast_decode_checks_settings_as_eager_does():
