@@ -502,8 +502,8 @@ def fast_generate(model, idx, max_new_tokens, temperature, top_k, pad_mask, eos_
       logits (B, V)  the step's output (a graph's static output on CUDA)
 
     compile_step=True runs the step through torch.compile first (fusing its small kernels), then
-    captures that. The first call compiles (seconds to a minute); a new length reuses it, a new batch
-    size may compile once more. Under autocast the compiled step gets the Linear weights already in
+    captures that. The first call compiles (seconds to a minute); other batch sizes and lengths reuse
+    it (dynamic shapes), but for a batch of one, which compiles once more. Under autocast the compiled step gets the Linear weights already in
     the autocast dtype, cast once per call here: traced autocast would cast them in every step
     (eager autocast caches the casts, and the eager graph replays with those copies).
 

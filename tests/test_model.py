@@ -5,8 +5,6 @@ near-ties. The generation tests therefore use a tiny model overfitted on eight a
 problems (the `fitted` fixture, which is also the overfitting test): its logits are well
 separated and its outputs vary from token to token, so a cache or position bug shows.
 """
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
