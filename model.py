@@ -356,10 +356,11 @@ class GPT(nn.Module):
         fast=True decodes with `fast_generate` (end of this file; CUDA graphs on GPU; train.py's
         rollouts use it by default on CUDA): the same tokens for the same generator.
         compile_step=True (with fast=True) compiles its one-token step first (torch.compile).
-        Returns Generation(tokens (B, max_new_tokens), lengths (B,), stopped (B,)); a ValueError
-        naming the rows if any row's logits held NaN or inf (checked once, at the end).
+        Returns Generation(tokens (B, max_new_tokens), lengths (B,), stopped (B,)). Raises a
+        ValueError naming the rows if a row had nothing finite to sample from at some token: a NaN or
+        +inf score, or every score -inf (scores: the logits over the temperature; checked at the end).
         """
-        if temperature < 0:
+        if not temperature >= 0:  # NaN too
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
@@ -409,8 +410,8 @@ class GPT(nn.Module):
     @staticmethod
     def _new_outputs(B, max_new_tokens, pad_id, dev):
         """generate's running state: out (B, max_new_tokens) tokens, pad_id until written; done (B,)
-        rows that emitted eos_id; lengths (B,) new tokens per row; finite (B,) rows whose logits were
-        all finite so far. _emit updates them in place."""
+        rows that emitted eos_id; lengths (B,) new tokens per row; finite (B,) rows that have had a
+        valid distribution at every token so far (_sample). _emit updates them in place."""
         out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=dev)
         done = torch.zeros(B, dtype=torch.bool, device=dev)
         lengths = torch.full((B,), max_new_tokens, dtype=torch.long, device=dev)
@@ -421,9 +422,9 @@ class GPT(nn.Module):
         """Sample new token t from logits (B, V) into out[:, t] (pad_id for rows already stopped);
         a row that emits eos_id stops with length t + 1. Returns nxt (B,); updates done, lengths and
         finite in place, on the device: no host sync here (fast decoding reads them every 16 tokens)."""
-        logits = logits.float()
-        finite &= logits.amax(-1).abs() < math.inf  # NaN and inf propagate into the row's max; read at the end
-        nxt = self._sample(logits, temperature, top_k, generator).masked_fill_(done, pad_id)
+        nxt, valid = self._sample(logits.float(), temperature, top_k, generator)
+        finite &= valid  # read once, at the end (_finish)
+        nxt.masked_fill_(done, pad_id)
         out[:, t] = nxt
         if eos_id is not None:
             hit = (nxt == eos_id) & ~done
@@ -435,8 +436,9 @@ class GPT(nn.Module):
     def _finish(out, lengths, done, finite):
         if not bool(finite.all()):
             rows = (~finite).nonzero().flatten().tolist()
-            raise ValueError(f"generate: the model's logits hold NaN or inf (rows {rows[:8]}"
-                             f"{' ...' if len(rows) > 8 else ''}): the weights or activations have overflowed")
+            raise ValueError(f"generate: rows {rows[:8]}{' ...' if len(rows) > 8 else ''} had no valid distribution "
+                             f"to sample from: NaN or inf logits (weights or activations that overflowed), "
+                             f"or a temperature so small that logits / temperature overflows")
         return Generation(out, lengths, done)
 
     def _new_cache(self, B, max_len, dev):
@@ -446,21 +448,24 @@ class GPT(nn.Module):
 
     @staticmethod
     def _sample(logits, temperature, top_k, generator):
-        """logits (B, V) -> next tokens (B,)."""
-        if temperature == 0:
-            return logits.argmax(-1)
-        if temperature != 1.0:  # x / 1.0 is x: one pass over (B, V) saved
+        """logits (B, V) -> next tokens (B,), and valid (B,): the row's scores had a finite maximum
+        (no NaN, no +inf, not all -inf: what softmax needs; -inf entries, as top_k makes, are fine)."""
+        if temperature > 0 and temperature != 1.0:  # x / 1.0 is x: one pass over (B, V) saved
             logits = logits / temperature
+        valid = logits.amax(-1).abs() < math.inf  # NaN and inf propagate into the max
+        if temperature == 0:
+            return logits.argmax(-1), valid
         if top_k is not None and top_k < logits.size(-1):
             kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
         probs = F.softmax(logits, dim=-1)
-        # torch.multinomial(probs, 1)'s own draw, the exponential race: argmax p_i / q_i, q_i ~ Exp(1),
-        # picks i with probability p_i; written out, it skips multinomial's checks of probs (some
-        # dozen kernels a token on a GPU; _emit checks the logits) and the tokens and the generator's
-        # state are bitwise multinomial's (tests/test_model.py)
+        # The draw of torch.multinomial(probs, 1), written out: the exponential race, argmax_i p_i / q_i
+        # with q_i ~ Exp(1), picks i with probability p_i. The tokens and the generator's state are
+        # multinomial's, bit for bit (tests/test_model.py::test_sampler_draws_what_torch_multinomial_draws);
+        # what it leaves out is multinomial's check of probs, about a dozen kernels a token on a GPU
+        # (`valid` above does that job in one pass).
         race = torch.empty_like(probs).exponential_(1.0, generator=generator)
-        return (probs / race).argmax(-1)
+        return (probs / race).argmax(-1), valid
 
 
 # ----------------------------------------------------------------------------- fast decode
@@ -502,10 +507,11 @@ def fast_generate(model, idx, max_new_tokens, temperature, top_k, pad_mask, eos_
       logits (B, V)  the step's output (a graph's static output on CUDA)
 
     compile_step=True runs the step through torch.compile first (fusing its small kernels), then
-    captures that. The first call compiles (seconds to a minute); other batch sizes and lengths reuse
-    it (dynamic shapes), but for a batch of one, which compiles once more. Under autocast the compiled step gets the Linear weights already in
-    the autocast dtype, cast once per call here: traced autocast would cast them in every step
-    (eager autocast caches the casts, and the eager graph replays with those copies).
+    captures that. The first call compiles (seconds to a minute); later calls with other batch sizes
+    and lengths reuse it (dynamic shapes), except a batch of one, which compiles once more. Under
+    autocast the compiled step gets the Linear weights already in the autocast dtype, cast once per
+    call here: traced autocast would cast them in every step (eager autocast caches the casts, and
+    the eager graph replays with those copies).
 
     Sampling and the stop bookkeeping stay outside the step, as in GPT.generate, so the
     generator is drawn from in the same order (it may draw up to STOP_CHECK_EVERY - 1 more

@@ -146,8 +146,8 @@ def test_sampler_draws_what_torch_multinomial_draws_on_cuda(temperature, top_k):
     for seed in range(5):
         logits = torch.randn(64, 50304, device=DEV, generator=torch.Generator(DEV).manual_seed(seed)) * 4
         ours, theirs = (torch.Generator(DEV).manual_seed(seed) for _ in range(2))
-        assert torch.equal(GPT._sample(logits, temperature, top_k, ours),
-                           multinomial_sample(logits, temperature, top_k, theirs))
+        tokens, valid = GPT._sample(logits, temperature, top_k, ours)
+        assert torch.equal(tokens, multinomial_sample(logits, temperature, top_k, theirs)) and valid.all()
         assert torch.equal(ours.get_state(), theirs.get_state())
 
 

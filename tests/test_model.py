@@ -284,32 +284,78 @@ def test_sampler_draws_what_torch_multinomial_draws(B, V, temperature, top_k, sc
     the generator left in the same state, for flat (scale 0) to near-one-hot (scale 30) rows."""
     logits = torch.randn(B, V, generator=torch.Generator().manual_seed(seed)) * scale
     ours, theirs = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
-    a = GPT._sample(logits, temperature, top_k, ours)
+    a, valid = GPT._sample(logits, temperature, top_k, ours)
     b = multinomial_sample(logits, temperature, top_k, theirs)
-    assert torch.equal(a, b)
+    assert torch.equal(a, b) and valid.all()
     assert torch.equal(ours.get_state(), theirs.get_state())
 
 
-@pytest.mark.parametrize("path", [dict(), dict(use_cache=False), dict(fast=True)])
+PATHS = [dict(), dict(use_cache=False), dict(fast=True)]  # the eager cache, recompute, fast decode
+
+
+def poison_from_call(model, where, k, row, cols, value):
+    """A forward hook on model.<where> (output (B, T, C or V)) that writes value at (row, cols) of the
+    output from its k-th call on (1 = the prefill, 2 = the first decode step): activations or logits
+    that overflow late in a generation, in one row."""
+    calls = []
+
+    def hook(module, args, out):
+        calls.append(1)
+        if len(calls) < k:
+            return out
+        out = out.clone()
+        out[row, :, cols] = value
+        return out
+    return model.get_submodule(where).register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-@pytest.mark.parametrize("where, value", [("transformer.wte", float("nan")), ("lm_head", float("inf"))])
-def test_generate_with_nonfinite_logits_raises_naming_the_rows(path, temperature, where, value):
-    """Row 1's embeddings made NaN, or one of its logits +inf (activations that overflowed):
-    generate says which rows, where multinomial raised on the CPU (a device-side assert on CUDA)
-    and greedy decoding went on silently. Rows never mix, so rows 0 and 2 stay finite."""
+@pytest.mark.parametrize("where, cols, value", [
+    ("transformer.wte", 3, float("nan")),  # a NaN activation: every later logit of the row NaN
+    ("lm_head", 3, float("inf")),  # one +inf logit
+    ("lm_head", slice(None), float("-inf")),  # every logit -inf: nothing to sample
+])
+@pytest.mark.parametrize("k", [1, 4])  # from the prefill on, or from the 3rd decode step on
+def test_generate_with_nonfinite_logits_raises_naming_the_rows(path, temperature, where, cols, value, k):
+    """Row 1 poisoned from the k-th forward on: generate names row 1, where torch.multinomial
+    raised on the CPU (a device-side assert on CUDA) and greedy decoding went on silently. Rows
+    never mix, so rows 0 and 2 stay valid."""
     model = random_model()
     prompts = torch.tensor([[5, 6, 7], [5, 9, 7], [8, 6, 5]])
-
-    def poison(module, args, out):  # (3, T, C or V) -> row 1 not finite
-        out = out.clone()
-        out[1, :, 3] = value
-        return out
-
-    hook = model.get_submodule(where).register_forward_hook(poison)
-    with pytest.raises(ValueError, match=r"logits hold NaN or inf \(rows \[1\]\)"):
-        model.generate(prompts, 5, temperature=temperature, generator=torch.Generator().manual_seed(0), **path)
+    hook = poison_from_call(model, where, k, 1, cols, value)
+    with pytest.raises(ValueError, match=r"rows \[1\] had no valid distribution"):
+        model.generate(prompts, 6, temperature=temperature, generator=torch.Generator().manual_seed(0), **path)
     hook.remove()
-    model.generate(prompts, 5, temperature=temperature, generator=torch.Generator().manual_seed(0), **path)
+    model.generate(prompts, 6, temperature=temperature, generator=torch.Generator().manual_seed(0), **path)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("temperature, top_k", [(0.0, None), (1.0, None), (1.0, 2), (0.5, 3)])
+def test_minus_inf_logits_are_valid_and_never_sampled(path, temperature, top_k):
+    """-inf logits (a token ruled out, as top_k does) are a valid distribution, not an error."""
+    model = random_model()
+    prompts = torch.tensor([[5, 6, 7], [5, 9, 7], [8, 6, 5]])
+    with torch.no_grad():
+        free = model(prompts)[0][:, -1].argmax(-1)  # each row's greedy first token, to be ruled out
+    hook = poison_from_call(model, "lm_head", 1, slice(None), free.tolist(), float("-inf"))
+    gen = model.generate(prompts, 6, temperature=temperature, top_k=top_k,
+                         generator=torch.Generator().manual_seed(0), **path)
+    hook.remove()
+    for i in range(3):
+        assert int(free[i]) not in gen.tokens[i].tolist()
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_nan_or_vanishing_temperature_is_an_error(path):
+    """NaN is not >= 0: a settings error. 1e-45 passes that check, but logits / 1e-45 overflow to
+    +-inf, so softmax has nothing finite: the same error as NaN logits."""
+    model = random_model()
+    prompts = torch.tensor([[5, 6, 7], [8, 6, 5]])
+    with pytest.raises(ValueError, match="temperature must be >= 0, got nan"):
+        model.generate(prompts, 4, temperature=float("nan"), **path)
+    with pytest.raises(ValueError, match=r"rows \[0, 1\] had no valid distribution"):
+        model.generate(prompts, 4, temperature=1e-45, generator=torch.Generator().manual_seed(0), **path)
 
 
 def check_stopping(ref, gen, eos_id, pad_id, max_new):

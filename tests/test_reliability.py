@@ -72,8 +72,9 @@ names the problem. "here" = this file; the others are tests that existed before 
 | integer mask of 0/1: accepted, same as bool | (behaviour) | test_gft.py::test_mask_accepts_bool_and_01_numbers; here: test_integer_mask_gives_the_same_loss_and_gradient_as_bool |
 | mask holding other values (2, -1, NaN) | ValueError | test_gft.py::...[mask must be bool or hold only 0/1]; here: ...[mask -1], [mask NaN] |
 | **generation** | | |
-| NaN / inf logits while generating (eager cache, recompute, fast decode; greedy or sampled) | ValueError | test_model.py::test_generate_with_nonfinite_logits_raises_naming_the_rows (12 cases) |
-| temperature below 0, top_k below 1, prompt + max_new_tokens beyond the block | ValueError | test_model.py::test_invalid_sampling_settings_raise, test_generate_longer_than_block_size_raises_naming_block_size |
+| NaN / +inf logits, or a row all -inf, from the first token or a later one (eager cache, recompute, fast decode; greedy or sampled) | ValueError | test_model.py::test_generate_with_nonfinite_logits_raises_naming_the_rows (36 cases); -inf entries stay valid: test_minus_inf_logits_are_valid_and_never_sampled |
+| temperature below 0 or NaN; a temperature so small that logits / temperature overflow | ValueError | test_model.py::test_invalid_sampling_settings_raise, test_nan_or_vanishing_temperature_is_an_error |
+| top_k below 1, prompt + max_new_tokens beyond the block | ValueError | test_model.py::test_invalid_sampling_settings_raise, test_generate_longer_than_block_size_raises_naming_block_size |
 | **checkpoints** | | |
 | missing file (load, and --init on the CLI) | FileNotFoundError | here: test_missing_checkpoint_is_an_error_naming_it |
 | truncated file (half its bytes) | ValueError | here: test_damaged_checkpoint_is_an_error_naming_it[truncated to half] |
