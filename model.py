@@ -421,7 +421,8 @@ class GPT(nn.Module):
     def _emit(self, logits, t, out, done, lengths, finite, temperature, top_k, generator, eos_id, pad_id):
         """Sample new token t from logits (B, V) into out[:, t] (pad_id for rows already stopped);
         a row that emits eos_id stops with length t + 1. Returns nxt (B,); updates done, lengths and
-        finite in place, on the device: no host sync here (fast decoding reads them every 16 tokens)."""
+        finite in place, on the device: no host sync here (fast decoding reads done every 16 tokens,
+        finite at the end)."""
         nxt, valid = self._sample(logits.float(), temperature, top_k, generator)
         finite &= valid  # read once, at the end (_finish)
         nxt.masked_fill_(done, pad_id)
@@ -434,6 +435,7 @@ class GPT(nn.Module):
 
     @staticmethod
     def _finish(out, lengths, done, finite):
+        """generate's result, once every row had a valid distribution at every token (one host read)."""
         if not bool(finite.all()):
             rows = (~finite).nonzero().flatten().tolist()
             raise ValueError(f"generate: rows {rows[:8]}{' ...' if len(rows) > 8 else ''} had no valid distribution "
@@ -462,8 +464,8 @@ class GPT(nn.Module):
         # The draw of torch.multinomial(probs, 1), written out: the exponential race, argmax_i p_i / q_i
         # with q_i ~ Exp(1), picks i with probability p_i. The tokens and the generator's state are
         # multinomial's, bit for bit (tests/test_model.py::test_sampler_draws_what_torch_multinomial_draws);
-        # what it leaves out is multinomial's check of probs, about a dozen kernels a token on a GPU
-        # (`valid` above does that job in one pass).
+        # what it leaves out is multinomial's check of probs, ten kernels a token on a GPU (`valid`
+        # above does that job in one pass).
         race = torch.empty_like(probs).exponential_(1.0, generator=generator)
         return (probs / race).argmax(-1), valid
 

@@ -16,7 +16,7 @@ import data as D
 import model as M
 import train
 from model import GPT, GPTConfig
-from test_model import left_pad  # tests/ is on sys.path under pytest
+from test_model import left_pad, multinomial_sample  # tests/ is on sys.path under pytest
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (GPU-only checks)")
 
@@ -142,7 +142,6 @@ def test_fast_graph_decode_sampling_equals_eager_with_same_generator_in_float32(
 def test_sampler_draws_what_torch_multinomial_draws_on_cuda(temperature, top_k):
     """GPT._sample's race against torch.multinomial on CUDA, GPT-2's vocabulary: the same tokens
     and the generator in the same state (tests/test_model.py checks the CPU)."""
-    from test_model import multinomial_sample
     for seed in range(5):
         logits = torch.randn(64, 50304, device=DEV, generator=torch.Generator(DEV).manual_seed(seed)) * 4
         ours, theirs = (torch.Generator(DEV).manual_seed(seed) for _ in range(2))

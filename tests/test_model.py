@@ -333,17 +333,18 @@ def test_generate_with_nonfinite_logits_raises_naming_the_rows(path, temperature
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("temperature, top_k", [(0.0, None), (1.0, None), (1.0, 2), (0.5, 3)])
 def test_minus_inf_logits_are_valid_and_never_sampled(path, temperature, top_k):
-    """-inf logits (a token ruled out, as top_k does) are a valid distribution, not an error."""
+    """-inf logits (tokens ruled out, as top_k does) are a valid distribution: no error, and those
+    tokens never drawn."""
     model = random_model()
     prompts = torch.tensor([[5, 6, 7], [5, 9, 7], [8, 6, 5]])
     with torch.no_grad():
-        free = model(prompts)[0][:, -1].argmax(-1)  # each row's greedy first token, to be ruled out
-    hook = poison_from_call(model, "lm_head", 1, slice(None), free.tolist(), float("-inf"))
+        ruled_out = model(prompts)[0][:, -1].argmax(-1)  # each row's greedy first token, to be ruled out
+    hook = poison_from_call(model, "lm_head", 1, slice(None), ruled_out.tolist(), float("-inf"))
     gen = model.generate(prompts, 6, temperature=temperature, top_k=top_k,
                          generator=torch.Generator().manual_seed(0), **path)
     hook.remove()
     for i in range(3):
-        assert int(free[i]) not in gen.tokens[i].tolist()
+        assert int(ruled_out[i]) not in gen.tokens[i].tolist()
 
 
 @pytest.mark.parametrize("path", PATHS)
