@@ -291,6 +291,7 @@ def test_sampler_draws_what_torch_multinomial_draws(B, V, temperature, top_k, sc
 
 
 PATHS = [dict(), dict(use_cache=False), dict(fast=True)]  # the eager cache, recompute, fast decode
+THREE_PROMPTS = torch.tensor([[5, 6, 7], [5, 9, 7], [8, 6, 5]])  # rows to poison one of
 
 
 def poison_from_call(model, where, k, row, cols, value):
@@ -322,7 +323,7 @@ def test_generate_with_nonfinite_logits_raises_naming_the_rows(path, temperature
     raised on the CPU (a device-side assert on CUDA) and greedy decoding went on silently. Rows
     never mix, so rows 0 and 2 stay valid."""
     model = random_model()
-    prompts = torch.tensor([[5, 6, 7], [5, 9, 7], [8, 6, 5]])
+    prompts = THREE_PROMPTS
     hook = poison_from_call(model, where, k, 1, cols, value)
     with pytest.raises(ValueError, match=r"rows \[1\] had no valid distribution"):
         model.generate(prompts, 6, temperature=temperature, generator=torch.Generator().manual_seed(0), **path)
@@ -336,7 +337,7 @@ def test_minus_inf_logits_are_valid_and_never_sampled(path, temperature, top_k):
     """-inf logits (tokens ruled out, as top_k does) are a valid distribution: no error, and those
     tokens never drawn."""
     model = random_model()
-    prompts = torch.tensor([[5, 6, 7], [5, 9, 7], [8, 6, 5]])
+    prompts = THREE_PROMPTS
     with torch.no_grad():
         ruled_out = model(prompts)[0][:, -1].argmax(-1)  # each row's greedy first token, to be ruled out
     hook = poison_from_call(model, "lm_head", 1, slice(None), ruled_out.tolist(), float("-inf"))
@@ -352,7 +353,7 @@ def test_nan_or_vanishing_temperature_is_an_error(path):
     """NaN is not >= 0: a settings error. 1e-45 passes that check, but logits / 1e-45 overflow to
     +-inf, so softmax has nothing finite: the same error as NaN logits."""
     model = random_model()
-    prompts = torch.tensor([[5, 6, 7], [8, 6, 5]])
+    prompts = THREE_PROMPTS[[0, 2]]
     with pytest.raises(ValueError, match="temperature must be >= 0, got nan"):
         model.generate(prompts, 4, temperature=float("nan"), **path)
     with pytest.raises(ValueError, match=r"rows \[0, 1\] had no valid distribution"):
