@@ -386,9 +386,10 @@ def load_jsonl(path, tokenizer=None, block_size=None, fix="raise block_size or d
         {"prompt": str, "answer": str, "expert": str, "teachers": [str, ...]}
     Every problem (file, line) is an error that names the file and line: a missing file, an
     empty file, a blank or malformed line, a missing field or one of the wrong type, bytes that
-    are not UTF-8. With tokenizer and block_size, a prompt + expert longer than the block is an
-    error too (never truncated; fix says what to do). Expert solutions that fail the verifier are kept (their reward
-    is 0) and reported on stdout with their line numbers.
+    are not UTF-8. With tokenizer and block_size, a prompt + expert or prompt + teacher solution
+    longer than the block is an error too (never truncated; fix says what to do). Expert
+    solutions that fail the verifier are kept (their reward is 0) and reported on stdout with
+    their line numbers.
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
@@ -423,11 +424,13 @@ def load_jsonl(path, tokenizer=None, block_size=None, fix="raise block_size or d
             raise ValueError(f"{where}: field 'teachers' must be a list of strings")
         if not rec["prompt"] or not rec["expert"]:
             raise ValueError(f"{where}: 'prompt' and 'expert' must be non-empty")
-        if tokenizer is not None and block_size is not None:
-            n = len(tokenizer.encode(rec["prompt"])) + len(tokenizer.encode(rec["expert"])) + 1
-            if n > block_size:
-                raise ValueError(f"{where}: prompt + expert is {n} tokens, longer than block_size "
-                                 f"{block_size} ({fix})")
+        if tokenizer is not None and block_size is not None:  # every solution is trained on: each must fit
+            n_prompt = len(tokenizer.encode(rec["prompt"]))
+            for name, sol in [("expert", rec["expert"])] + [(f"teachers[{j}]", t) for j, t in enumerate(rec["teachers"])]:
+                n = n_prompt + len(tokenizer.encode(sol)) + 1
+                if n > block_size:
+                    raise ValueError(f"{where}: prompt + {name} is {n} tokens, longer than block_size "
+                                     f"{block_size} ({fix})")
         if verify(rec["expert"], rec["answer"]) != 1.0:
             failing.append(i)
         problems.append(Problem(prompt=rec["prompt"], answer=rec["answer"], expert=rec["expert"],

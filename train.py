@@ -55,6 +55,8 @@ class Config:
     init: str = opt("", "checkpoint to start from (required by every mode but pretrain and demo)")
     resume: bool = opt(False, "continue the run in --out from its last checkpoint")
     override: bool = opt(False, "allow --resume with settings that differ from the checkpoint's")
+    overwrite: bool = opt(False, "start afresh in an --out that already holds a run (ckpt.pt), replacing its "
+                                 "checkpoint and log; without it (or --resume) such an --out is an error")
     seed: int = opt(1337, "drives data, sampling and init", lo=0)
     device: str = opt("auto", "auto (cuda if present, else cpu), cpu, cuda, cuda:N")
     compile: bool = opt(False, "torch.compile the training forward and, with fast decode, the decode step "
@@ -115,7 +117,7 @@ class Config:
     adv_scale: bool = opt(True, "divide advantages by the group std (False: Dr. GRPO, mean only)")
     agg: str = opt("token-mean", "loss aggregation", choices=gft.AGGS)
     clip_eps: float = opt(0.2, "grpo: PPO ratio clip", lo=0.0, hi=1.0)
-    kl_beta: float = opt(0.0, "grpo: weight of the k3 KL to the --init model", lo=0.0)
+    kl_beta: float = opt(0.0, "grpo: weight of the k3 KL to the --init model", lo=0.0, hi=100.0)
     # the pretraining gate: train until the base can sometimes solve held-out problems (README "The base model")
     gate_pass1: float = opt(0.2, "pretrain: stop at the first check where val pass@1 at T=1 reaches this "
                             "(0 = no gate: run all --steps)", lo=0.0, hi=1.0)
@@ -150,8 +152,26 @@ MODE_DEFAULTS = {  # steps and lr per mode; --steps / --lr override
     "demo": dict(steps=0, lr=0.0, expert_style="tree"),  # the demo shows the paper's premise: an off-policy expert
 }
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "rope")  # Config fields that are GPTConfig's
-RUN_KEYS_IGNORED_ON_RESUME = {"resume", "override", "device", "compile", "fast_decode", "log_every", "eval_every",
-                              "ckpt_every", "eval_n", "eval_split", "passk_split", "passk_problems", "passk_n", "kl_n"}
+RUN_KEYS_IGNORED_ON_RESUME = {"resume", "override", "overwrite", "out", "device", "compile", "fast_decode", "log_every",
+                              "eval_every", "ckpt_every", "eval_n", "eval_split", "passk_split", "passk_problems",
+                              "passk_n", "kl_n"}  # out: a run folder may be moved or copied, then resumed
+TRAINING = ("pretrain", "sft", "dft", "gft", "grpo")
+FINE_TUNING = ("sft", "dft", "gft", "grpo")
+READ_BY = {  # what is trained or measured, read by some modes only: in any other a value other than its default is an
+    # error (it would do nothing, and the run would look as if it had). The demo reads DEMO_READS only. Settings not
+    # named here are read by every mode, or only steer the run (logging, checkpoints, --compile, --resume).
+    **dict.fromkeys(("steps", "lr", "warmup", "min_lr_ratio", "schedule", "weight_decay", "adam_beta2", "grad_clip",
+                     "skip_nonfinite"), TRAINING),
+    "data": FINE_TUNING + ("eval",),  # pretraining writes its own sums
+    "expert_style": ("sft", "dft", "gft"),  # the pool's experts: grpo never reads them, eval's splits are fixed
+    **dict.fromkeys(("prompts_per_step", "n_rollout", "temperature", "adv_scale", "agg"), ("gft", "grpo")),
+    **dict.fromkeys(("tau", "n_expert", "n_teacher", "teacher_error", "updates_per_batch"), ("gft",)),  # sft(mix)'s
+    **dict.fromkeys(("clip_eps", "kl_beta"), ("grpo",)),  # teachers are the correct ones: no teacher_error
+    "batch_size": ("pretrain", "sft", "dft"),
+    "sft_teachers": ("sft", "dft"),
+    **dict.fromkeys(("base_mix", "gate_pass1", "gate_every", "gate_n"), ("pretrain",)),
+}
+DEMO_READS = ("mode", "out", "seed", "device", "expert_style", "eval_n", "passk_problems", "passk_n", "kl_n")
 
 
 def parse_args(argv=None):
@@ -217,8 +237,13 @@ def check_config(cfg):
             continue
         if m["choices"] and v not in m["choices"]:
             raise ValueError(f"--{f.name} {v!r} is not allowed; choose one of {m['choices']}")
+        if isinstance(v, float) and math.isinf(v):  # NaN fails the range check below
+            raise ValueError(f"--{f.name} {v} must be a finite number")
         if m["lo"] is not None and not (m["lo"] <= v <= (m["hi"] if m["hi"] is not None else math.inf)):
             raise ValueError(f"--{f.name} {v} is out of range [{m['lo']}, {m['hi'] if m['hi'] is not None else 'inf'}]")
+    if cfg.resume and cfg.overwrite:
+        raise ValueError("--resume true and --overwrite true contradict each other: continue the run in --out, "
+                         "or replace it")
     if cfg.mode not in ("eval", "demo") and cfg.steps < 1:
         raise ValueError(f"--steps must be >= 1 for mode {cfg.mode}")
     if cfg.mode == "gft":
@@ -259,6 +284,9 @@ def check_config(cfg):
                          f"--data file brings its own problems (leave them at chain / 2)")
     if cfg.data and cfg.passk_split == "ood":
         raise ValueError("--passk_split ood: a --data file has a test split only (no ood); use test")
+    if cfg.data and cfg.eval_split == "val":  # else settings chosen "on val" would be chosen on the test split
+        raise ValueError("--eval_split val: a --data file has a test split only (its last 10%), no val; to choose "
+                         "settings, hold records out by hand in a second file (eval --data scores its last 10%)")
     if cfg.mode == "grpo" and cfg.n_rollout < 2:
         raise ValueError(f"--n_rollout must be >= 2 for grpo (a group of one has no advantage), got {cfg.n_rollout}")
     if cfg.mode not in ("pretrain", "demo") and not cfg.init:
@@ -267,6 +295,17 @@ def check_config(cfg):
         raise ValueError(f"--n_embd {cfg.n_embd} must be divisible by --n_head {cfg.n_head}")
     if cfg.block_size is not None and cfg.max_new_tokens >= cfg.block_size:  # else run's check_fits, on the model
         raise ValueError(f"--max_new_tokens {cfg.max_new_tokens} must be < --block_size {cfg.block_size}")
+    default = fill_defaults(Config(mode=cfg.mode))  # the mode's own defaults (sentinels filled)
+    reads = DEMO_READS if cfg.mode == "demo" else [k for k, modes in READ_BY.items() if cfg.mode in modes]
+    unread = [f"--{k} {getattr(cfg, k)!r}" for k in Config.__dataclass_fields__
+              if (k in READ_BY or cfg.mode == "demo") and k not in reads and getattr(cfg, k) != getattr(default, k)]
+    if unread and cfg.mode == "demo":
+        raise ValueError(f"{', '.join(unread)}: the demo reads only {', '.join('--' + k for k in DEMO_READS[1:])}; "
+                         f"run the modes one by one for other settings (README, 'Modes')")
+    if unread:
+        raise ValueError(f"{', '.join(unread)}: mode {cfg.mode} does not read "
+                         f"{'this setting' if len(unread) == 1 else 'these settings'} (it would do nothing); "
+                         f"leave it unset (train.py:READ_BY says which modes read what)")
     return cfg
 
 
@@ -325,6 +364,8 @@ def append_jsonl(path, row):
 def load_checkpoint(path):
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path}: no such file")
+    if os.path.isdir(path):
+        raise ValueError(f"checkpoint {path} is a folder; give the ckpt.pt in it")
     try:
         with zipfile.ZipFile(path) as z:  # torch.load skips the zip's CRC32s: without this check
             bad = z.testzip()             # a flipped byte in a weight loads silently
@@ -776,6 +817,7 @@ class RunState:
     skipped: int = 0             # non-finite steps skipped so far
     finished: bool = False
     gate: dict = None            # the pretraining gate's last check
+    saved: int = None            # the step of this run's last checkpoint (None: none written or resumed yet)
 
     @property
     def master(self):
@@ -784,12 +826,29 @@ class RunState:
 
 def run(cfg):
     """Train (or evaluate) one mode; returns the final evaluation metrics."""
+    check_out(cfg)
     s = set_up(cfg)
     if cfg.mode == "eval":
         return evaluate_init(cfg, s)
     resume(cfg, s)
     loop(cfg, s)
     return finish(cfg, s)
+
+
+def check_out(cfg):
+    """--out must be a folder. One that holds a run (ckpt.pt) is continued (--resume) or replaced
+    (--overwrite), never overwritten silently: starting afresh there rewrites its checkpoint at the
+    first save and clears its log at once."""
+    ckpt = os.path.join(cfg.out, "ckpt.pt")
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise ValueError(f"--out {cfg.out} is a file, not a folder")
+    if not os.path.exists(ckpt) or cfg.resume or cfg.overwrite:
+        return
+    if cfg.mode == "eval":
+        raise ValueError(f"--out {cfg.out} holds a training run ({ckpt}); eval would replace its metrics.jsonl: "
+                         f"give eval another --out")
+    raise ValueError(f"--out {cfg.out} already holds a run ({ckpt}): pass --resume true to continue it, "
+                     f"--overwrite true to start again in its place, or choose another --out")
 
 
 def set_up(cfg):
@@ -830,8 +889,23 @@ def set_up(cfg):
         if cut and rank == 0:  # harder problems than trained on: reported, not fatal
             print(f"WARNING: {msg}; those answers cannot be reached (raise --max_new_tokens)", file=sys.stderr)
     check_fits(tok, splits["train"] + splits["test"], cfg.max_new_tokens, model.config.block_size, bool(cfg.init))
+    if rank == 0:
+        warn_settings(cfg, len(splits["train"]))
     return RunState(rank, world, device, tok, model, splits, os.path.join(cfg.out, "ckpt.pt"),
                     os.path.join(cfg.out, "metrics.jsonl"), init, base, base_info)
+
+
+def warn_settings(cfg, pool):
+    """Settings that run but may not do what was meant: said on stderr, once, at the start."""
+    per_step = {"sft": cfg.batch_size // (1 + cfg.sft_teachers), "gft": cfg.prompts_per_step,
+                "grpo": cfg.prompts_per_step}.get("sft" if cfg.mode == "dft" else cfg.mode)
+    if per_step and per_step > pool:
+        print(f"WARNING: a step draws {per_step} prompts from a pool of {pool}: more than it holds, so each step "
+              f"draws with replacement and repeats prompts (lower --batch_size / --prompts_per_step, or give "
+              f"more prompts)", file=sys.stderr)
+    if cfg.mode in TRAINING and cfg.warmup >= cfg.steps:
+        print(f"WARNING: --warmup {cfg.warmup} >= --steps {cfg.steps}: the learning rate only reaches "
+              f"{lr_at(cfg.steps - 1, cfg):.3g} of --lr {cfg.lr:g} (lower --warmup)", file=sys.stderr)
 
 
 def evaluate_init(cfg, s):
@@ -861,7 +935,8 @@ def resume(cfg, s):
                              + " (pass --override true to continue anyway)")
         s.model.load_state_dict(ck["model"])
         s.optim.load_state_dict(ck["optimizer"])
-        s.start, s.skipped = ck["step"], ck.get("skipped", 0)
+        s.start = s.saved = ck["step"]
+        s.skipped = ck.get("skipped", 0)
         s.gate = ck.get("gate")  # a gated run ends at its first met check; otherwise at --steps (a resume may raise it)
         s.finished = bool(s.gate and s.gate["met"]) or s.start >= cfg.steps
         if s.master:
@@ -933,8 +1008,10 @@ def update(cfg, s, step, loss):
         s.optim.step()
         return gnorm.item()
     if not cfg.skip_nonfinite:
-        raise FloatingPointError(f"step {step + 1}: non-finite {' and '.join(bad)}; stopping. The last "
-                                 f"checkpoint {s.ckpt_path} is intact (pass --skip_nonfinite true to skip such steps)")
+        kept = (f"The last checkpoint, {s.ckpt_path} at step {s.saved}, is intact" if s.saved is not None else
+                "No checkpoint was written yet")
+        raise FloatingPointError(f"step {step + 1}: non-finite {' and '.join(bad)}; stopping. {kept} (pass "
+                                 f"--skip_nonfinite true to skip such steps)")
     s.skipped += 1
     s.optim.zero_grad(set_to_none=True)
     if s.master:
@@ -972,6 +1049,7 @@ def check_gate(cfg, s, problems, step):
 
 def checkpoint(cfg, s, step):
     """Rank 0 writes the run's state at this step (save_checkpoint: atomic)."""
+    s.saved = step
     if s.master:
         save_checkpoint(s.ckpt_path, model=s.model.state_dict(), optimizer=s.optim.state_dict(), step=step,
                         skipped=s.skipped, finished=s.finished, gate=s.gate, config=dataclasses.asdict(cfg),
@@ -1024,7 +1102,12 @@ def _trim_metrics(path, step):
         lines = [l for l in f if l.strip()]
     if lines and not lines[-1].endswith("\n"):  # torn by a crash in mid-write: never complete
         lines.pop()
-    rows = [json.loads(l) for l in lines]
+    rows = []
+    for i, l in enumerate(lines, start=1):
+        try:
+            rows.append(json.loads(l))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{i}: not a JSON line ({e.msg}); mend or delete that line to resume") from None
     keep = [l for l, m in zip(lines, rows) if "final" not in m
             and m.get("step", m.get("gate", {}).get("step", 0)) <= step] if step else []
     with open(path + ".tmp", "w") as f:
@@ -1045,7 +1128,8 @@ def demo(cfg):
     a form pretraining never shows (--expert_style tree: the paper's premise, an off-policy expert),
     the same prompts and the same number of trained sequences per step; one table, then what it
     says. About 3.5 minutes on 2 CPU cores. --expert_style chain runs the control (the expert as
-    pretraining writes). Only --out, --seed, --device, --expert_style and the evaluation sizes apply."""
+    pretraining writes). It reads only DEMO_READS (any other setting is an error); its SFT and GFT
+    runs replace the previous demo's."""
     style = cfg.expert_style
     regime = "never in pretraining: off-policy" if style != "chain" else "as pretraining writes: the control"
     print(f"demo: pretrain a base model (or reuse one), fine-tune it with SFT and with GFT on {style}-form expert\n"
@@ -1071,7 +1155,7 @@ def demo(cfg):
           for s in D.EXPERT_STYLES}
     print("premise: under the base, expert solutions average log-prob per token "
           + ", ".join(f"{lp[s]:.2f} in {s} form" for s in D.EXPERT_STYLES) + " (chain: as pretraining writes)")
-    fine = dict(init=base_ckpt, steps=DEMO_STEPS, expert_style=style, log_every=10, **common)
+    fine = dict(init=base_ckpt, steps=DEMO_STEPS, expert_style=style, log_every=10, overwrite=True, **common)  # rerun each time
     gft_cfg = make_config(mode="gft", out=os.path.join(root, f"gft_{style}"), **fine)
     group = gft_cfg.prompts_per_step * (gft_cfg.n_expert + gft_cfg.n_teacher + gft_cfg.n_rollout)  # sequences per GFT step
     rows["sft"] = run(make_config(mode="sft", out=os.path.join(root, f"sft_{style}"), batch_size=group, **fine))

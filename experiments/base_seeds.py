@@ -40,7 +40,7 @@ def seeds_arg(text):
 def one_seed(seed, a):
     out = os.path.join(a.work, f"{a.recipe}_{a.device}_t{a.threads}_s{seed}")
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), "pretrain", "--out", out, "--seed", str(seed),
-           "--device", a.device, "--log_every", "250", *RECIPES[a.recipe], *shlex.split(a.train_args)]
+           "--device", a.device, "--log_every", "250", "--overwrite", "true", *RECIPES[a.recipe], *shlex.split(a.train_args)]
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads), PYTHONUNBUFFERED="1")
     t0 = time.time()
     with open(out + ".log", "w") as f:

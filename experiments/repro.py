@@ -117,6 +117,8 @@ def launch(cmd, log, threads=1):
         with open(log) as f:
             done = [l for l in f if l.startswith("wall ")]
         return float(done[-1].split()[1]) if done else 0.0
+    if cmd[0] != "eval" and "--resume" not in cmd:  # an unfinished run starts again in its folder, as it was
+        cmd = [*cmd, "--overwrite", "true"]
     t0 = time.time()
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     with open(log, "w") as f:

@@ -338,6 +338,19 @@ def test_jsonl_record_longer_than_block_size_raises_instead_of_truncating(tmp_pa
     assert len(load_jsonl(str(path))) == 2  # no tokenizer: no length check
 
 
+def test_jsonl_teacher_longer_than_block_size_raises_naming_it(tmp_path):
+    """Teachers are trained on too (gft's groups, sft's --sft_teachers): checked on load, not at
+    the step that first draws them."""
+    path = tmp_path / "long_teacher.jsonl"
+    long_teacher = "1+2=3;" * 10 + "#### 3"
+    path.write_bytes(line() + b"\n" + line(teachers=["2+1=3;#### 3", long_teacher]) + b"\n")
+    n = len(TOK.encode(GOOD["prompt"])) + len(TOK.encode(long_teacher)) + 1
+    assert n > len(TOK.encode(GOOD["prompt"])) + len(TOK.encode(GOOD["expert"])) + 1  # the expert alone fits
+    with pytest.raises(ValueError, match=re.escape(f"{path}:2: prompt + teachers[1] is {n} tokens")):
+        load_jsonl(str(path), TOK, block_size=n - 1)
+    assert len(load_jsonl(str(path), TOK, block_size=n)) == 2
+
+
 def test_jsonl_expert_failing_verifier_is_reported_with_its_line_and_kept(tmp_path, capsys):
     path = tmp_path / "wrong.jsonl"
     path.write_bytes(line() + b"\n" + line(expert="1+2=4;#### 4") + b"\n" + line())  # no final newline

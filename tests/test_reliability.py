@@ -30,6 +30,11 @@ names the problem. "here" = this file; the others are tests that existed before 
 | --block_size below 16 | ValueError | here: ...[block_size too small] |
 | --n_embd not divisible by --n_head | ValueError | here: ...[n_embd not divisible by n_head] |
 | --agg not one of the aggregations | ValueError | here: ...[unknown agg] |
+| --kl_beta / --grad_clip infinite | ValueError | here: ...[kl_beta inf], [grad_clip inf] |
+| --resume and --overwrite together | ValueError | here: ...[resume and overwrite] |
+| --eval_split val with --data (which has no val split) | ValueError | here: ...[eval_split val with data] |
+| a setting the mode does not read (sft --tau, gft --kl_beta, eval --lr, the demo given anything but its own) | ValueError | here: test_setting_is_an_error_in_a_mode_that_does_not_read_it (27 settings x 7 modes); that those modes indeed ignore them: test_settings_a_mode_does_not_read_leave_its_step_unchanged |
+| a pool smaller than a step's draw; --warmup >= --steps | (stderr warning) | here: test_settings_that_run_but_may_mislead_are_warned_about |
 | unknown setting name | SystemExit | test_train.py::test_unknown_setting_is_an_error_naming_it |
 | abbreviated setting name (--ta for --tau) | SystemExit | here: test_unknown_or_stray_argument_is_an_error_naming_it[abbreviation] |
 | stray positional argument | SystemExit | here: test_unknown_or_stray_argument_...[stray positional] |
@@ -53,6 +58,7 @@ names the problem. "here" = this file; the others are tests that existed before 
 | --data is a folder | IsADirectoryError | here: test_bad_data_file_...[a folder] |
 | --data with one record (no test split) | ValueError | here: test_bad_data_file_...[one record] |
 | record longer than the block (never truncated) | ValueError | test_data.py::test_jsonl_record_longer_than_block_size_raises_instead_of_truncating |
+| teacher solution longer than the block (checked on load, not at the step that draws it) | ValueError | test_data.py::test_jsonl_teacher_longer_than_block_size_raises_naming_it |
 | prompt alone longer than the block, via the CLI | ValueError | here: test_bad_data_file_...[prompt longer than the block] |
 | prompt + --max_new_tokens longer than the block (check_fits) | ValueError | here: test_bad_data_file_...[prompt + response budget exceeds the block] |
 | expert solution failing its verifier: reported with its line, kept | (stdout) | test_data.py::test_jsonl_expert_failing_verifier_is_reported_with_its_line_and_kept |
@@ -77,6 +83,7 @@ names the problem. "here" = this file; the others are tests that existed before 
 | top_k below 1, prompt + max_new_tokens beyond the block | ValueError | test_model.py::test_invalid_sampling_settings_raise, test_generate_longer_than_block_size_raises_naming_block_size |
 | **checkpoints** | | |
 | missing file (load, and --init on the CLI) | FileNotFoundError | here: test_missing_checkpoint_is_an_error_naming_it |
+| a folder given as the checkpoint (--init out/base) | ValueError | here: test_checkpoint_path_that_is_a_folder_is_an_error_saying_so |
 | truncated file (half its bytes) | ValueError | here: test_damaged_checkpoint_is_an_error_naming_it[truncated to half] |
 | empty file | ValueError | here: ...[empty file] |
 | corrupted: a flipped bit / zeroed bytes in a weight, garbage at the end | ValueError | here: ...[bit flipped in a weight], [bytes zeroed in a weight], [garbage at the end] |
@@ -86,6 +93,10 @@ names the problem. "here" = this file; the others are tests that existed before 
 | resuming with changed settings (error unless --override true) | ValueError | test_train.py::test_resume_with_changed_settings_is_an_error_unless_overridden |
 | resuming an --out that holds another mode's run | ValueError | here: test_resume_into_another_modes_run_is_an_error_naming_the_mode |
 | resuming from a damaged checkpoint | ValueError | here: test_resume_from_a_damaged_checkpoint_is_an_error_naming_it |
+| resuming with a damaged line in metrics.jsonl | ValueError | here: test_damaged_log_line_is_an_error_naming_file_and_line |
+| a new run (or eval) in an --out that holds a run, without --resume or --overwrite | ValueError | here: test_out_holding_a_run_is_refused_unless_resumed_or_overwritten |
+| --out that is a file | ValueError | here: test_out_that_is_a_file_is_an_error |
+| a run folder moved or copied, then resumed: accepted | (behaviour) | here: test_a_run_folder_moved_elsewhere_resumes |
 
 Faults, with real subprocesses (tests/_faulty_train.py patches a fault into train.py): SIGKILL inside a step
 and while a checkpoint is half written, then --resume: same weights bitwise as an uninterrupted
@@ -108,8 +119,12 @@ import torch
 import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import dataclasses
+
+import data as D
 import gft
 import train
+from model import GPT, GPTConfig
 import _faulty_train  # tests/_faulty_train.py: pytest puts tests/ on sys.path
 
 real_train_step = train.train_step
@@ -197,6 +212,12 @@ SETTINGS = {  # id: (argv, pattern of the ValueError)
     "n_embd not divisible by n_head": (["pretrain", "--n_embd", "30", "--n_head", "4"],
                                        r"--n_embd 30 must be divisible by --n_head 4"),
     "unknown agg": (["gft", "--init", "x.pt", "--agg", "mean"], r"--agg 'mean' is not allowed; choose one of .*token-mean"),
+    "kl_beta inf": (["grpo", "--init", "x.pt", "--kl_beta", "inf"], r"--kl_beta inf must be a finite number"),
+    "grad_clip inf": (["sft", "--init", "x.pt", "--grad_clip", "inf"], r"--grad_clip inf must be a finite number"),
+    "resume and overwrite": (["sft", "--init", "x.pt", "--resume", "true", "--overwrite", "true"],
+                             r"--resume true and --overwrite true contradict each other"),
+    "eval_split val with data": (["eval", "--init", "x.pt", "--data", "d.jsonl", "--eval_split", "val"],
+                                 r"--eval_split val: a --data file has a test split only"),
 }
 
 
@@ -205,6 +226,70 @@ def test_bad_setting_is_an_error_naming_it(case):
     argv, pattern = SETTINGS[case]
     with pytest.raises(ValueError, match=pattern):
         train.parse_args(argv)
+
+
+OTHER_VALUE = {  # for each setting of train.READ_BY, a legal value that is no mode's default
+    "steps": 7, "lr": 1e-4, "warmup": 3, "min_lr_ratio": 0.5, "schedule": "constant", "weight_decay": 0.01,
+    "adam_beta2": 0.999, "grad_clip": 0.5, "skip_nonfinite": True, "data": os.path.join(ROOT, "data", "example.jsonl"),
+    "expert_style": "tree", "prompts_per_step": 8, "n_rollout": 6, "temperature": 0.5, "adv_scale": False,
+    "agg": "seq-mean-token-sum", "tau": 0.3, "n_expert": 2, "n_teacher": 2, "teacher_error": 0.5, "updates_per_batch": 2,
+    "clip_eps": 0.3, "kl_beta": 0.5, "batch_size": 16, "sft_teachers": 1, "base_mix": "2:1,3:1", "gate_pass1": 0.3,
+    "gate_every": 10, "gate_n": 8,
+}
+
+
+def test_every_mode_specific_setting_has_a_value_to_try():
+    assert set(OTHER_VALUE) == set(train.READ_BY)
+
+
+@pytest.mark.parametrize("setting", sorted(OTHER_VALUE))
+def test_setting_is_an_error_in_a_mode_that_does_not_read_it(setting):
+    """sft --tau 0.3 used to run, record tau 0.3 and train exactly as tau 0.7: a setting the mode does
+    not read is an error naming it; in the modes that read it, it is accepted."""
+    for mode in train.MODES:
+        kw = {"mode": mode, setting: OTHER_VALUE[setting], **({} if mode in ("pretrain", "demo") else {"init": "x.pt"})}
+        reads = setting in train.DEMO_READS if mode == "demo" else mode in train.READ_BY[setting]
+        if reads:
+            assert getattr(train.make_config(**kw), setting) == OTHER_VALUE[setting], mode
+        else:
+            with pytest.raises(ValueError, match=re.escape(f"--{setting} ")):
+                train.make_config(**kw)
+
+
+@pytest.mark.parametrize("mode", ["pretrain", "sft", "dft", "gft", "grpo"])
+def test_settings_a_mode_does_not_read_leave_its_step_unchanged(mode):
+    """The other half of READ_BY: what it says a mode does not read, the mode's step indeed ignores
+    (the loss and every logged metric equal, on a model that puts weight on every token). Set
+    past the check, which would refuse them."""
+    size = (dict(batch_size=4) if mode in ("pretrain", "sft", "dft") else
+            dict(prompts_per_step=2, n_rollout=3))
+    cfg = train.make_config(mode=mode, **({} if mode == "pretrain" else {"init": "x.pt"}), n_prompts=16, eval_n=2,
+                            passk_problems=1, kl_n=1, max_new_tokens=48, **size)
+    tok = D.Tokenizer()
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=128, n_layer=1, n_head=2, n_embd=32))
+
+    def step(c):
+        pool = train.load_problems(c, tok, 128)["train"]
+        loss, m = train.train_step(model, train.LogProbs(model), tok, c, 3, pool, None, 0, 1)
+        return loss.item(), m
+
+    want = step(cfg)
+    unread = [k for k, modes in train.READ_BY.items() if mode not in modes]
+    assert len(unread) >= 8  # gft reads the most; the loop below is never near-empty
+    for k in unread:
+        assert step(dataclasses.replace(cfg, **{k: OTHER_VALUE[k]})) == want, k
+
+
+def test_settings_that_run_but_may_mislead_are_warned_about(base, tmp_path, capsys):
+    path = os.path.join(ROOT, "data", "example.jsonl")  # 50 records: 45 in the pool
+    main("sft", "--init", base, "--data", path, "--batch_size", "64", "--steps", "2", "--out", str(tmp_path / "o"))
+    err = capsys.readouterr().err
+    assert "WARNING: a step draws 64 prompts from a pool of 45: more than it holds" in err
+    assert "WARNING: --warmup 20 >= --steps 2: the learning rate only reaches 3e-06 of --lr 3e-05" in err
+    main("sft", "--init", base, "--data", path, "--batch_size", "8", "--steps", "2", "--warmup", "1",
+         "--out", str(tmp_path / "p"))
+    assert "WARNING" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv,pattern", [
@@ -372,6 +457,12 @@ def test_missing_checkpoint_is_an_error_naming_it(tmp_path):
         main("sft", "--init", path, "--out", str(tmp_path / "o"))
 
 
+def test_checkpoint_path_that_is_a_folder_is_an_error_saying_so(base):
+    folder = os.path.dirname(base)
+    with pytest.raises(ValueError, match=f"checkpoint {re.escape(folder)} is a folder; give the ckpt.pt in it"):
+        train.load_checkpoint(folder)
+
+
 def _damage(raw, ck, how):
     """Bytes of a damaged copy of a checkpoint file."""
     w = ck["model"]["transformer.h.0.attn.c_attn.weight"].numpy().tobytes()
@@ -467,6 +558,55 @@ def test_resume_from_a_damaged_checkpoint_is_an_error_naming_it(base, tmp_path):
         (out / "ckpt.pt").write_bytes(f.read()[:1000])
     with pytest.raises(ValueError, match=re.escape(str(out / "ckpt.pt")) + " is truncated or corrupted"):
         main(*PRETRAIN, "--out", str(out), "--resume", "true")
+
+
+def test_out_holding_a_run_is_refused_unless_resumed_or_overwritten(base, tmp_path):
+    """Running a command again without --resume used to clear the earlier run's log at once and
+    replace its checkpoint at the first save."""
+    out = str(tmp_path / "o")
+    ckpt, log = os.path.join(out, "ckpt.pt"), os.path.join(out, "metrics.jsonl")
+    sft = ["sft", "--init", base, "--out", out, "--steps", "2", "--batch_size", "4"]
+    main(*sft)
+    before = [open(f, "rb").read() for f in (ckpt, log)]
+    with pytest.raises(ValueError, match=re.escape(f"--out {out} already holds a run ({ckpt}): pass --resume true "
+                                                   f"to continue it, --overwrite true to start again")):
+        main(*sft)
+    with pytest.raises(ValueError, match=re.escape(f"--out {out} holds a training run ({ckpt}); eval would replace "
+                                                   f"its metrics.jsonl")):
+        main("eval", "--init", base, "--out", out)
+    assert [open(f, "rb").read() for f in (ckpt, log)] == before  # untouched
+    main(*sft, "--lr", "1e-3", "--overwrite", "true")
+    rows = [json.loads(l) for l in open(log)]
+    assert [r["config"]["lr"] for r in rows if "config" in r] == [1e-3]  # the new run's log alone
+    assert train.load_checkpoint(ckpt)["config"]["lr"] == 1e-3
+
+
+def test_out_that_is_a_file_is_an_error(base, tmp_path):
+    path = tmp_path / "a_file"
+    path.write_text("not a folder")
+    with pytest.raises(ValueError, match=re.escape(f"--out {path} is a file, not a folder")):
+        main("sft", "--init", base, "--out", str(path), "--steps", "1", "--batch_size", "4")
+
+
+def test_a_run_folder_moved_elsewhere_resumes(base, tmp_path, capsys):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    main("sft", "--init", base, "--out", a, "--steps", "2", "--batch_size", "4")
+    shutil.copytree(a, b)
+    main("sft", "--init", base, "--out", b, "--steps", "3", "--batch_size", "4", "--resume", "true", "--override", "true")
+    assert f"resumed {os.path.join(b, 'ckpt.pt')} at step 2" in capsys.readouterr().out
+    main("sft", "--init", base, "--out", b, "--steps", "3", "--batch_size", "4", "--resume", "true")  # no --override
+
+
+def test_damaged_log_line_is_an_error_naming_file_and_line(base, tmp_path):
+    out = str(tmp_path / "o")
+    log = os.path.join(out, "metrics.jsonl")
+    main("sft", "--init", base, "--out", out, "--steps", "2", "--batch_size", "4", "--ckpt_every", "1")
+    lines = open(log).readlines()
+    lines[1] = '{"step": 1, garbage\n'
+    open(log, "w").writelines(lines)
+    with pytest.raises(ValueError, match=re.escape(f"{log}:2: not a JSON line")):
+        main("sft", "--init", base, "--out", out, "--steps", "2", "--batch_size", "4", "--ckpt_every", "1",
+             "--resume", "true")
 
 
 def test_checkpoint_and_metrics_are_fsynced_before_the_rename_that_publishes_them(tmp_path, monkeypatch):
@@ -627,8 +767,8 @@ def saved(monkeypatch):
 def test_nonfinite_loss_stops_naming_step_and_keeps_last_checkpoint_intact(base, tmp_path, monkeypatch, saved):
     out = str(tmp_path / "o")
     _faulty_train.install("nan_loss", 3, monkeypatch.setattr)
-    with pytest.raises(FloatingPointError, match=r"step 3: non-finite loss and grad norm; stopping.*"
-                                                 + re.escape(os.path.join(out, "ckpt.pt")) + " is intact"):
+    with pytest.raises(FloatingPointError, match=r"step 3: non-finite loss and grad norm; stopping. The last checkpoint, "
+                                                 + re.escape(os.path.join(out, "ckpt.pt")) + " at step 2, is intact"):
         main(*GFT, "--init", base, "--out", out, "--ckpt_every", "1")
     assert list(saved) == [1, 2]
     with open(os.path.join(out, "ckpt.pt"), "rb") as f:

@@ -45,8 +45,8 @@ def finite_losses(out):
 @pytest.mark.parametrize("mode", ["sft", "dft", "gft", "grpo"])
 def test_each_mode_runs_and_its_loss_is_finite(base, tmp_path, mode):
     out = str(tmp_path / mode)
-    r = run(mode, "--init", base, "--out", out, "--steps", "2", "--batch_size", "4",
-            "--prompts_per_step", "2", "--n_rollout", "2")
+    size = ["--batch_size", "4"] if mode in ("sft", "dft") else ["--prompts_per_step", "2", "--n_rollout", "2"]
+    r = run(mode, "--init", base, "--out", out, "--steps", "2", *size)
     assert finite_losses(out)
     assert 0.0 <= r["acc_test"] <= 1.0 and math.isfinite(r["kl_base"]) and r["kl_base"] >= -1e-6
     assert math.isfinite(r["kl_base_samples"]) and r["kl_base_samples"] >= -1e-6
