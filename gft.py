@@ -107,6 +107,8 @@ def group_advantages(rewards, eps=1e-6, scale=True, mask=None):
     one member gets A = r (deviation 3); a group of >= 2 equal rewards gets A = 0 exactly.
     """
     fn = "group_advantages"
+    if not (math.isfinite(eps) and eps > 0):  # eps <= 0 can divide by 0 or flip signs; NaN spreads
+        raise ValueError(f"{fn}: eps must be finite and > 0, got {eps}")
     if rewards.dim() != 2:
         raise ValueError(f"{fn}: rewards must be (P, K), got shape {tuple(rewards.shape)}")
     m = torch.ones_like(rewards, dtype=torch.bool) if mask is None else _bool_mask(fn, mask, rewards.shape)
@@ -123,10 +125,19 @@ def group_advantages(rewards, eps=1e-6, scale=True, mask=None):
     std = (dev.pow(2).sum(1, keepdim=True) / (nf - 1).clamp(min=1)).sqrt()  # Bessel: / (n - 1)
     adv = dev / (std + eps) if scale else dev
     single = n == 1                                         # (P, 1)
-    first = r.gather(1, m.to(torch.int8).argmax(1, keepdim=True))  # (P, 1) first present reward
-    equal = torch.where(m, r == first, True).all(1, keepdim=True) & ~single
+    equal = _equal_groups(r, m)                             # (P, 1)
     adv = torch.where(single, r, adv)                       # verl: mean 0, std 1
     return torch.where(m & ~equal, adv, 0.0)
+
+
+def _equal_groups(r, m):
+    """(P, 1) bool: groups of >= 2 present members (mask m) whose rewards r (P, K) are all equal.
+
+    Compared exactly as given, so a caller that passes the tensor group_advantages used gets the
+    groups whose A was forced to 0.
+    """
+    first = r.gather(1, m.to(torch.int8).argmax(1, keepdim=True))  # (P, 1) first present reward
+    return torch.where(m, r == first, True).all(1, keepdim=True) & (m.sum(1, keepdim=True) >= 2)
 
 
 # -----------------------------------------------------------------------------
@@ -175,7 +186,10 @@ def grpo_loss(logprobs, old_logprobs, advantages, mask, clip_eps=0.2, ref_logpro
 
 def implicit_reward(seq_logprobs, p_exp):
     """r(y) = p_exp(y) / sg(pi(y)), eq. (3); (S,) -> (S,), no grad. One demo: 1[y=y*]/pi(y*)."""
-    return p_exp / seq_logprobs.detach().exp()
+    _check_support("implicit_reward", seq_logprobs, p_exp)
+    pi = seq_logprobs.detach().exp()                       # (S,)
+    # r = 0 where p_exp = 0, whatever pi is: p_exp / pi would be 0/0 = NaN once pi underflows
+    return torch.where(p_exp > 0, p_exp / pi, 0.0)
 
 
 def sft_as_policy_gradient_loss(seq_logprobs, p_exp):
@@ -188,13 +202,13 @@ def sft_as_policy_gradient_loss(seq_logprobs, p_exp):
     -sum_y p_exp(y) grad log pi(y) = grad L_SFT: eq. (1) = eq. (2). Applied to one position
     (S = vocabulary, pi = pi(.|x, y_<t)) it is the per-token form of the same identity.
     """
-    if seq_logprobs.shape != p_exp.shape or seq_logprobs.dim() != 1:
-        raise ValueError(f"sft_as_policy_gradient_loss: seq_logprobs shape {tuple(seq_logprobs.shape)}"
-                         f" and p_exp shape {tuple(p_exp.shape)} must be the same (S,)")
-    if (p_exp < 0).any() or abs(p_exp.sum().item() - 1.0) > 1e-4:
-        raise ValueError("sft_as_policy_gradient_loss: p_exp must be a distribution (>= 0, sums to 1)")
+    fn = "sft_as_policy_gradient_loss"
+    _check_support(fn, seq_logprobs, p_exp)
     pi = seq_logprobs.detach().exp()                       # (S,) sampling weights, no grad
     r = implicit_reward(seq_logprobs, p_exp)               # (S,)
+    if not torch.isfinite(r).all():  # pi(y) of a demonstration so small that 1/pi overflows
+        raise ValueError(f"{fn}: implicit reward is inf: a demonstrated output has pi(y) ~ 0,"
+                         f" min log pi(y) over p_exp > 0 is {seq_logprobs[p_exp > 0].min().item():.4g}")
     return -(pi * r * seq_logprobs).sum()                  # minus: minimise = ascend E_pi[r log pi]
 
 
@@ -278,8 +292,9 @@ def flatten_groups(groups, pad_id, eps=1e-6, scale=True):
     R = torch.zeros(P, K)
     R[present] = torch.tensor(rewards)
     advantages = group_advantages(R, eps=eps, scale=scale, mask=present)[present]  # (N,)
-    zero_var = torch.tensor([len(g.responses) >= 2 and len({r.reward for r in g.responses}) == 1
-                             for g in groups])
+    # from the float32 R the advantages used, not the Python floats: 0.1 + 0.2 and 0.3 differ as
+    # floats but not in float32, where their A is forced to 0; zero_var must say the same
+    zero_var = _equal_groups(R, present)[:, 0]              # (P,)
     return GroupBatch(tokens, resp_mask, torch.tensor(rewards), advantages,
                       torch.tensor(group_index), sources, zero_var)
 
@@ -357,6 +372,16 @@ def _check_batch(fn, logprobs, mask, advantages=None):
         if not torch.isfinite(advantages).all():
             raise ValueError(f"{fn}: advantages contain NaN or inf")
     return m
+
+
+def _check_support(fn, seq_logprobs, p_exp):
+    """Validate (S,) log pi(y) over an enumerated support and the distribution p_exp (S,)."""
+    if seq_logprobs.shape != p_exp.shape or seq_logprobs.dim() != 1:
+        raise ValueError(f"{fn}: seq_logprobs shape {tuple(seq_logprobs.shape)}"
+                         f" and p_exp shape {tuple(p_exp.shape)} must be the same (S,)")
+    _check_logprobs(fn, "seq_logprobs", seq_logprobs, torch.ones_like(seq_logprobs, dtype=torch.bool))
+    if not ((p_exp >= 0).all() and abs(p_exp.sum().item() - 1.0) <= 1e-4):  # NaN fails both
+        raise ValueError(f"{fn}: p_exp must be a distribution (>= 0, sums to 1)")
 
 
 def _check_tau(fn, tau):

@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from gft import (AGGS, SOURCES, Group, Response, count_sources, dcr_coefficient, dcr_stats,
                  dft_loss, flatten_groups, gft_loss, group_advantages, grpo_loss, implicit_reward,
@@ -152,6 +152,31 @@ def test_sft_gradient_equals_implicit_reward_policy_gradient_by_enumeration(seed
     torch.testing.assert_close(grad_of(gft, W) * T, grad_of(-seq_logprob(y), W))
 
 
+@FAST
+@given(seeds, st.integers(2, 6), st.sampled_from([-30.0, -120.0, -800.0, -1e4]),
+       st.sampled_from([torch.float32, torch.float64]))
+def test_implicit_reward_is_zero_off_the_demonstrations_even_where_pi_underflows(seed, S, low, dtype):
+    g = torch.Generator().manual_seed(seed)
+    demo = torch.randperm(S, generator=g) < int(torch.randint(1, S, (), generator=g))  # (S,), 1..S-1 demos
+    p_exp = torch.where(demo, torch.rand(S, generator=g) + 0.1, 0.0).to(dtype)
+    p_exp = p_exp / p_exp.sum()
+    # demonstrations likely; the rest down to `low`, where exp underflows to 0 (float32 below ~ -104)
+    lp = torch.where(demo, -torch.rand(S, generator=g) * 3, low * (0.5 + torch.rand(S, generator=g)))
+    lp = lp.to(dtype).requires_grad_()
+    slow_r, slow_loss = [], 0.0
+    for y in range(S):  # r(y) = p_exp(y) / pi(y) where y is demonstrated, else exactly 0
+        r = p_exp[y] / lp[y].detach().exp() if p_exp[y] > 0 else torch.zeros((), dtype=dtype)
+        slow_r.append(r)
+        if p_exp[y] > 0:  # an undemonstrated y adds 0 to the loss and its gradient
+            slow_loss = slow_loss - lp[y].detach().exp() * r * lp[y]
+    assert torch.equal(implicit_reward(lp, p_exp), torch.stack(slow_r))
+    fast = sft_as_policy_gradient_loss(lp, p_exp)
+    assert torch.isfinite(fast) and torch.isfinite(grad_of(fast, lp)).all()
+    torch.testing.assert_close(fast, slow_loss)
+    torch.testing.assert_close(grad_of(fast, lp), grad_of(slow_loss, lp))
+    torch.testing.assert_close(grad_of(fast, lp), -p_exp)  # SFT's gradient, eq. (1)
+
+
 # -----------------------------------------------------------------------------
 # 5: DCR bounds the update
 
@@ -187,6 +212,28 @@ def test_dcr_effective_weight_never_exceeds_max_one_and_inverse_tau(seed, N, T, 
     assert stats["mean_eff_weight"] <= bound * (1 + 1e-12)
     assert stats["frac_below_tau"] == pytest.approx((lp0.exp() < tau).double().mean().item())
     assert stats["mean_coef"] == pytest.approx(dcr_coefficient(lp0, tau).mean().item())
+
+
+@FAST
+@given(seeds, st.integers(1, 4), st.integers(1, 6), st.one_of(st.none(), st.floats(0.0, 1.0)))
+def test_dcr_stats_equal_slow_loop_including_p_equal_to_tau(seed, N, T, tau):
+    _, _, mask, g = random_batch(seed, N, T, 2)
+    lp = -torch.rand(N, T, generator=g, dtype=torch.float64) * 20
+    if tau is None:  # a tie: tau is exactly the p of one masked token, which keeps C = 1
+        n, t = mask.nonzero()[int(torch.randint(int(mask.sum()), (), generator=g))]
+        tau = lp[n, t].exp().item()
+    below, coef, eff = [], [], []
+    for n in range(N):
+        for t in range(T):
+            if mask[n, t]:
+                p = lp[n, t].exp().item()
+                below.append(p < tau)
+                coef.append(p if p < tau else 1.0)
+                eff.append(coef[-1] / p)  # C / p: 1 below tau, 1/p at or above it
+    stats = dcr_stats(lp, mask, tau)
+    assert stats["frac_below_tau"] == pytest.approx(sum(below) / len(below), rel=1e-12)
+    assert stats["mean_coef"] == pytest.approx(sum(coef) / len(coef), rel=1e-12)
+    assert stats["mean_eff_weight"] == pytest.approx(sum(eff) / len(eff), rel=1e-12)
 
 
 def test_dcr_coefficient_limits_and_threshold():
@@ -242,6 +289,49 @@ def test_advantages_permutation_equivariant_within_group(r, seed):
 def test_advantages_exactly_zero_when_rewards_equal(P, K, value, scale, dtype):
     A = group_advantages(torch.full((P, K), value, dtype=dtype), scale=scale)
     assert (A == 0).all()
+
+
+def slow_advantages(rows, scale, eps=1e-6):
+    """Eq. (4) group by group in Python floats; rows: list of reward lists."""
+    out = []
+    for row in rows:
+        n, mean = len(row), sum(row) / len(row)
+        if n == 1:
+            out.append(list(row))
+        elif all(x == row[0] for x in row):
+            out.append([0.0] * n)
+        else:
+            std = math.sqrt(sum((x - mean) ** 2 for x in row) / (n - 1))
+            out.append([(x - mean) / (std + eps) if scale else x - mean for x in row])
+    return out
+
+
+@st.composite
+def mixed_reward_rows(draw, values=(0.1, 0.3, 0.7)):
+    """(rows, constant): 2..5 groups of one size K in 2..8, some constant, some varying."""
+    K = draw(st.integers(2, 8))
+    constant = draw(st.lists(st.booleans(), min_size=2, max_size=5).filter(lambda c: any(c) and not all(c)))
+    rows = [[draw(st.sampled_from(values))] * K if c else
+            draw(st.lists(st.sampled_from(values), min_size=K, max_size=K).filter(lambda r: len(set(r)) > 1))
+            for c in constant]
+    return rows, constant
+
+
+@FAST
+@given(mixed_reward_rows(), st.booleans(), st.sampled_from([torch.float32, torch.float64]))
+@example(([[0.1] * 3, [0.1, 0.3, 0.7]], [True, False]), True, torch.float64)
+def test_advantages_zero_only_in_constant_groups_of_a_mixed_batch(rows_constant, scale, dtype):
+    # 0.1, 0.3, 0.7 have inexact means at some K (0.1 at K = 3 in float64, 7 in float32), so a
+    # constant group gets A = 0 only through the check made group by group, not through r - mean
+    rows, constant = rows_constant
+    r = torch.tensor(rows, dtype=dtype)
+    A = group_advantages(r, scale=scale)
+    slow = torch.tensor(slow_advantages(r.tolist(), scale), dtype=dtype)  # from the values r holds
+    for i, c in enumerate(constant):
+        if c:
+            assert (A[i] == 0).all()
+        else:
+            torch.testing.assert_close(A[i], slow[i])
 
 
 @FAST
@@ -337,6 +427,25 @@ def test_grpo_loss_equals_slow_loop(seed, N, T, clip_eps, beta, agg):
 
 
 @FAST
+@given(seeds, st.sampled_from([0.0, 0.1]), st.sampled_from(AGGS))
+def test_grpo_loss_clamps_log_ratios_at_20_as_the_slow_loop(seed, beta, agg):
+    g = torch.Generator().manual_seed(seed)
+    # log-ratios inside +-5, between 5 and 20, and beyond 20, in every row
+    offsets = torch.tensor([-40.0, -25.0, -12.0, -6.0, -1.0, 1.0, 6.0, 12.0, 25.0, 40.0], dtype=torch.float64)
+    N, T = 4, len(offsets)
+    lp = (-50 - torch.rand(N, T, generator=g, dtype=torch.float64) * 5).requires_grad_()  # (N, T)
+    shuffled = lambda: torch.stack([offsets[torch.randperm(T, generator=g)] for _ in range(N)])
+    old = lp.detach() - shuffled()  # log(pi / pi_old) = the offset; old in [-95, -10]
+    ref = lp.detach() + shuffled()  # log(pi_ref / pi) = the offset
+    A = torch.tensor([1.0, -1.0, 0.5, -2.0], dtype=torch.float64) * (0.5 + torch.rand(N, generator=g))
+    mask = torch.ones(N, T, dtype=torch.bool)
+    fast = grpo_loss(lp, old, A, mask, 0.2, ref_logprobs=ref, beta=beta, agg=agg)
+    slow = slow_grpo(lp, old, A, mask, 0.2, ref, beta, agg)
+    torch.testing.assert_close(fast, slow)
+    torch.testing.assert_close(grad_of(fast, lp), grad_of(slow, lp))
+
+
+@FAST
 @given(seeds, st.integers(1, 4), st.integers(1, 6), st.sampled_from(AGGS))
 def test_empty_rows_and_padding_contribute_nothing(seed, N, T, agg):
     _, _, mask, g = random_batch(seed, N, T, 2)
@@ -392,13 +501,29 @@ def test_flatten_groups_round_trips_sources_rewards_and_masks(groups):
     zero_var = [len(g.responses) > 1 and len({r.reward for r in g.responses}) == 1 for g in groups]
     assert batch.zero_var.tolist() == zero_var
     assert batch.frac_zero_var == pytest.approx(sum(zero_var) / len(groups))
+    adv = [a for g in groups for a in slow_advantages([[r.reward for r in g.responses]], True)[0]]
     stats = source_stats(batch)
     for s in SOURCES:
         rs = [r.reward for _, _, r in flat if r.source == s]
-        assert (f"reward/{s}" in stats) == bool(rs)
+        As = [a for a, (_, _, r) in zip(adv, flat) if r.source == s]
+        assert (f"reward/{s}" in stats) == bool(rs) == (f"adv/{s}" in stats)
         if rs:
             assert stats[f"reward/{s}"] == pytest.approx(sum(rs) / len(rs))
+            assert stats[f"adv/{s}"] == pytest.approx(sum(As) / len(As), abs=1e-6)
     assert stats["frac_zero_var"] == batch.frac_zero_var
+
+
+@FAST
+@given(group_lists(rewards=st.sampled_from([0.0, 1.0, 0.3, 0.1 + 0.2, 1.0 + 1e-9])))
+@example([Group([1], [Response([2], "rollout", 0.1 + 0.2), Response([2], "rollout", 0.3)]),
+          Group([1], [Response([2], "rollout", 1.0), Response([2], "rollout", 1.0 + 1e-9)])])
+def test_zero_var_marks_exactly_the_groups_whose_advantages_are_all_zero(groups):
+    # 0.1 + 0.2 != 0.3 and 1.0 != 1.0 + 1e-9 as Python floats, but equal in float32, where
+    # the advantages are computed: zero_var must read the rewards the same way
+    batch = flatten_groups(groups, pad_id=0)
+    expected = [len(g.responses) >= 2 and bool((batch.advantages[batch.group_index == i] == 0).all())
+                for i, g in enumerate(groups)]
+    assert batch.zero_var.tolist() == expected
 
 
 def test_count_sources_returns_group_size():
@@ -459,7 +584,7 @@ ERRORS = [
     (lambda: gft_loss(lp46, A4, m46, 0.5, agg="mean"), r"agg must be one of .*token-mean"),
     (lambda: gft_loss(lp46, A4, torch.zeros(4, 6), 0.5), "mask selects no response tokens"),
     (lambda: gft_loss(lp46, A4, m46.float() * 2, 0.5), "mask must be bool or hold only 0/1"),
-    (lambda: sft_loss(lp46, m46[:, :5]), r"sft_loss|gft_loss: logprobs shape"),
+    (lambda: sft_loss(lp46, m46[:, :5]), r"(sft|gft)_loss: logprobs shape \(4, 6\) != mask shape \(4, 5\)"),
     (lambda: grpo_loss(lp46, lp46[:, :5], A4, m46), r"grpo_loss: old_logprobs shape \(4, 5\)"),
     (lambda: grpo_loss(lp46, lp46, A4, m46, clip_eps=0.0), "clip_eps must be in"),
     (lambda: grpo_loss(lp46, lp46, A4, m46, beta=0.1), "needs ref_logprobs"),
@@ -485,6 +610,19 @@ ERRORS = [
      "p_exp must be a distribution"),
     (lambda: sft_as_policy_gradient_loss(torch.zeros(3), torch.ones(2) / 2), "must be the same"),
     (lambda: dcr_stats(lp46, torch.zeros(4, 6, dtype=torch.bool), 0.5), "dcr_stats: mask selects no"),
+    (lambda: sft_as_policy_gradient_loss(torch.tensor([float("nan"), -1.0]), torch.tensor([1.0, 0.0])),
+     "sft_as_policy_gradient_loss: seq_logprobs contain NaN or inf"),
+    (lambda: sft_as_policy_gradient_loss(torch.tensor([-float("inf"), -1.0]), torch.tensor([0.0, 1.0])),
+     "sft_as_policy_gradient_loss: seq_logprobs contain NaN or inf"),
+    (lambda: implicit_reward(torch.tensor([0.5, -1.0]), torch.tensor([1.0, 0.0])),
+     r"implicit_reward: seq_logprobs must be <= 0"),
+    (lambda: implicit_reward(torch.zeros(2), torch.tensor([float("nan"), 1.0])),
+     "implicit_reward: p_exp must be a distribution"),
+    (lambda: sft_as_policy_gradient_loss(torch.tensor([-800.0, -1e-3]), torch.tensor([1.0, 0.0])),
+     "implicit reward is inf: a demonstrated output has pi"),
+    (lambda: group_advantages(torch.zeros(2, 3), eps=-1e-6), "group_advantages: eps must be finite and > 0"),
+    (lambda: group_advantages(torch.zeros(2, 3), eps=float("nan")), "eps must be finite and > 0, got nan"),
+    (lambda: flatten_groups([Group([1], [Response([2], "expert")])], 0, eps=0.0), "eps must be finite and > 0"),
 ]
 
 
