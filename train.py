@@ -111,7 +111,8 @@ class Config:
     n_rollout: int = opt(-1, "rollouts per group; -1 = 4 for gft (paper), 8 for grpo", lo=-1)
     updates_per_batch: int = opt(1, "gft: optimiser updates per rollout batch, each on the next slice of its "
                                  "groups (official GFT: 4); a step is one batch", lo=1, hi=64)
-    tau: float = opt(0.7, "DCR threshold; paper's sweep peaks near 0.7 (0 = no DCR, 1 = DFT-like)", lo=0.0, hi=1.0)
+    tau: float = opt(0.7, "DCR threshold; 0.7 is a reported sweep peak not checked against the paper, the official "
+                          "scripts use 0.1 and 0.5: sweep it (0 = no DCR, 1 = DFT-like)", lo=0.0, hi=1.0)
     temperature: float = opt(1.0, "rollout sampling temperature (0 = greedy)", lo=0.0, hi=10.0)
     max_new_tokens: int = opt(64, "longest rollout; the 5-operand expert is 50 tokens", lo=1)
     adv_scale: bool = opt(True, "divide advantages by the group std (False: Dr. GRPO, mean only)")
