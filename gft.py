@@ -188,7 +188,7 @@ def implicit_reward(seq_logprobs, p_exp):
     """r(y) = p_exp(y) / sg(pi(y)), eq. (3); (S,) -> (S,), no grad. One demo: 1[y=y*]/pi(y*)."""
     _check_support("implicit_reward", seq_logprobs, p_exp)
     pi = seq_logprobs.detach().exp()                       # (S,)
-    # r = 0 where p_exp = 0, whatever pi is: p_exp / pi would be 0/0 = NaN once pi underflows
+    # r = 0 where p_exp = 0, however small pi is: p_exp / pi would be 0/0 = NaN once pi underflows to 0
     return torch.where(p_exp > 0, p_exp / pi, 0.0)
 
 

@@ -117,7 +117,6 @@ class Config:
     max_new_tokens: int = opt(64, "longest rollout; the 5-operand expert is 50 tokens", lo=1)
     adv_scale: bool = opt(True, "divide advantages by the group std (False: Dr. GRPO, mean only)")
     agg: str = opt("token-mean", "loss aggregation", choices=gft.AGGS)
-    clip_eps: float = opt(0.2, "grpo: PPO ratio clip", lo=0.0, hi=1.0)
     kl_beta: float = opt(0.0, "grpo: weight of the k3 KL to the --init model", lo=0.0, hi=100.0)
     # the pretraining gate: train until the base can sometimes solve held-out problems (README "The base model")
     gate_pass1: float = opt(0.2, "pretrain: stop at the first check where val pass@1 at T=1 reaches this "
@@ -160,14 +159,14 @@ TRAINING = ("pretrain", "sft", "dft", "gft", "grpo")
 FINE_TUNING = ("sft", "dft", "gft", "grpo")
 READ_BY = {  # what is trained or measured, read by some modes only: in any other a value other than its default is an
     # error (it would do nothing, and the run would look as if it had). The demo reads DEMO_READS only. Settings not
-    # named here are read by every mode, or only steer the run (logging, checkpoints, --compile, --resume).
+    # named here are read by every mode, or only steer the run (logging, checkpoints, --compile, --fast_decode).
     **dict.fromkeys(("steps", "lr", "warmup", "min_lr_ratio", "schedule", "weight_decay", "adam_beta2", "grad_clip",
-                     "skip_nonfinite"), TRAINING),
+                     "skip_nonfinite", "resume", "override", "overwrite"), TRAINING),
     "data": FINE_TUNING + ("eval",),  # pretraining writes its own sums
     "expert_style": ("sft", "dft", "gft"),  # the pool's experts: grpo never reads them, eval's splits are fixed
     **dict.fromkeys(("prompts_per_step", "n_rollout", "temperature", "adv_scale", "agg"), ("gft", "grpo")),
-    **dict.fromkeys(("tau", "n_expert", "n_teacher", "teacher_error", "updates_per_batch"), ("gft",)),  # sft(mix)'s
-    **dict.fromkeys(("clip_eps", "kl_beta"), ("grpo",)),  # teachers are the correct ones: no teacher_error
+    **dict.fromkeys(("tau", "n_expert", "n_teacher", "teacher_error", "updates_per_batch"), ("gft",)),
+    "kl_beta": ("grpo",),  # (sft(mix)'s teachers are the correct ones: no teacher_error)
     "batch_size": ("pretrain", "sft", "dft"),
     "sft_teachers": ("sft", "dft"),
     **dict.fromkeys(("base_mix", "gate_pass1", "gate_every", "gate_n"), ("pretrain",)),
@@ -254,9 +253,9 @@ def check_config(cfg):
                          f"({1 + cfg.sft_teachers}): each prompt brings its expert and its teachers")
     if cfg.sft_teachers and cfg.mode not in ("sft", "dft"):
         raise ValueError(f"--sft_teachers {cfg.sft_teachers} is for sft/dft (gft's groups take --n_teacher)")
-    if cfg.mode == "demo" and cfg.data:
-        raise ValueError(f"--data {cfg.data}: the demo runs the built-in task; fine-tune on your data with "
-                         f"the sft / dft / gft / grpo modes (docs/data.md)")
+    if cfg.mode in ("demo", "pretrain") and cfg.data:
+        raise ValueError(f"--data {cfg.data}: mode {cfg.mode} runs the built-in task (pretraining always writes its "
+                         f"sums); fine-tune on your data with the sft / dft / gft / grpo modes (docs/data.md)")
     if cfg.mode == "pretrain" and (cfg.expert_style != "chain" or cfg.digits != 2):
         raise ValueError(f"--expert_style {cfg.expert_style} / --digits {cfg.digits} are fine-tuning settings; "
                          f"pretraining always writes 2-digit running sums (leave them at chain / 2)")
@@ -283,6 +282,9 @@ def check_config(cfg):
     if cfg.data and (cfg.expert_style != "chain" or cfg.digits != 2):
         raise ValueError(f"--expert_style {cfg.expert_style} / --digits {cfg.digits} change the built-in task; a "
                          f"--data file brings its own problems (leave them at chain / 2)")
+    if cfg.data and (cfg.n_prompts != Config.n_prompts or cfg.teacher_error != Config.teacher_error):
+        raise ValueError(f"--n_prompts {cfg.n_prompts} / --teacher_error {cfg.teacher_error} size the built-in task's "
+                         f"pool and its teachers' slips; a --data file brings its own (leave them unset)")
     if cfg.data and cfg.passk_split == "ood":
         raise ValueError("--passk_split ood: a --data file has a test split only (no ood); use test")
     if cfg.data and cfg.eval_split == "val":  # else settings chosen "on val" would be chosen on the test split
@@ -600,12 +602,13 @@ def step_loss(logprob_fn, tok, cfg, groups, info, ref_model, world, dev):
         loss = gft.dft_loss(lp, mask)
     elif cfg.mode == "gft":
         loss = gft.gft_loss(lp, adv, mask, cfg.tau, agg=cfg.agg)
-    else:  # grpo: one on-policy update, so old = current (ratio 1); KL to the --init model
+    else:  # grpo: one on-policy update, so old = current: the ratio is 1 and PPO's clip (grpo_loss's clip_eps)
+        # never binds, which is why it is no setting here; KL to the --init model
         ref = None
         if cfg.kl_beta > 0:
             with torch.no_grad(), autocast(dev):
                 ref, _ = ref_model.token_logprobs(tokens, resp, with_entropy=False)
-        loss = gft.grpo_loss(lp, lp.detach(), adv, mask, cfg.clip_eps, ref, cfg.kl_beta, agg=cfg.agg)
+        loss = gft.grpo_loss(lp, lp.detach(), adv, mask, ref_logprobs=ref, beta=cfg.kl_beta, agg=cfg.agg)
     agg = "token-mean" if cfg.mode in ("pretrain", "sft", "dft") else cfg.agg
     loss = loss * ddp_weight(mask, agg, world)
     n_tok = int(mask.sum())
@@ -843,11 +846,13 @@ def check_out(cfg):
     ckpt = os.path.join(cfg.out, "ckpt.pt")
     if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
         raise ValueError(f"--out {cfg.out} is a file, not a folder")
-    if not os.path.exists(ckpt) or cfg.resume or cfg.overwrite:
+    if not os.path.exists(ckpt):
         return
     if cfg.mode == "eval":
         raise ValueError(f"--out {cfg.out} holds a training run ({ckpt}); eval would replace its metrics.jsonl: "
                          f"give eval another --out")
+    if cfg.resume or cfg.overwrite:
+        return
     raise ValueError(f"--out {cfg.out} already holds a run ({ckpt}): pass --resume true to continue it, "
                      f"--overwrite true to start again in its place, or choose another --out")
 
@@ -904,8 +909,8 @@ def warn_settings(cfg, pool):
         print(f"WARNING: a step draws {per_step} prompts from a pool of {pool}: more than it holds, so each step "
               f"draws with replacement and repeats prompts (lower --batch_size / --prompts_per_step, or give "
               f"more prompts)", file=sys.stderr)
-    if cfg.mode in TRAINING and cfg.warmup >= cfg.steps:
-        print(f"WARNING: --warmup {cfg.warmup} >= --steps {cfg.steps}: the learning rate only reaches "
+    if cfg.mode in TRAINING and cfg.warmup > cfg.steps:
+        print(f"WARNING: --warmup {cfg.warmup} > --steps {cfg.steps}: the learning rate only reaches "
               f"{lr_at(cfg.steps - 1, cfg):.3g} of --lr {cfg.lr:g} (lower --warmup)", file=sys.stderr)
 
 
@@ -951,6 +956,8 @@ def resume(cfg, s):
         s.logprob_fn = torch.compile(s.logprob_fn)
     if s.master:
         os.makedirs(cfg.out, exist_ok=True)
+        if cfg.overwrite and os.path.exists(s.ckpt_path):  # now, with the log: a run killed before its first
+            os.remove(s.ckpt_path)                         # save must not leave the old checkpoint to resume
         _trim_metrics(s.metrics_path, s.start)
         if s.start == 0:
             append_jsonl(s.metrics_path, {"config": dataclasses.asdict(cfg), "world": s.world,
@@ -1100,11 +1107,11 @@ def _trim_metrics(path, step):
     if not os.path.exists(path):
         return
     with open(path) as f:
-        lines = [l for l in f if l.strip()]
-    if lines and not lines[-1].endswith("\n"):  # torn by a crash in mid-write: never complete
-        lines.pop()
-    rows = []
-    for i, l in enumerate(lines, start=1):
+        numbered = [(i, l) for i, l in enumerate(f, start=1) if l.strip()]  # (line number, line)
+    if numbered and not numbered[-1][1].endswith("\n"):  # torn by a crash in mid-write: never complete
+        numbered.pop()
+    lines, rows = [l for _, l in numbered], []
+    for i, l in numbered:
         try:
             rows.append(json.loads(l))
         except json.JSONDecodeError as e:

@@ -33,7 +33,8 @@ names the problem. "here" = this file; the others are tests that existed before 
 | --kl_beta / --grad_clip infinite | ValueError | here: ...[kl_beta inf], [grad_clip inf] |
 | --resume and --overwrite together | ValueError | here: ...[resume and overwrite] |
 | --eval_split val with --data (which has no val split) | ValueError | here: ...[eval_split val with data] |
-| a setting the mode does not read (sft --tau, gft --kl_beta, eval --lr, the demo given anything but its own) | ValueError | here: test_setting_is_an_error_in_a_mode_that_does_not_read_it (27 settings x 7 modes); that those modes indeed ignore them: test_settings_a_mode_does_not_read_leave_its_step_unchanged |
+| --data given to pretrain (which writes its own sums); --n_prompts / --teacher_error with --data (which brings its own) | ValueError | here: ...[pretrain with data], [n_prompts with data], [teacher_error with data] |
+| a setting the mode does not read (sft --tau, gft --kl_beta, eval --lr, the demo given anything but its own) | ValueError | here: test_setting_is_an_error_in_a_mode_that_does_not_read_it (every READ_BY setting x 7 modes); that those modes indeed ignore them, and that the modes said to read a step's setting are changed by it: test_settings_a_mode_does_not_read_leave_its_step_unchanged, test_settings_a_mode_reads_change_its_step |
 | a pool smaller than a step's draw; --warmup >= --steps | (stderr warning) | here: test_settings_that_run_but_may_mislead_are_warned_about |
 | unknown setting name | SystemExit | test_train.py::test_unknown_setting_is_an_error_naming_it |
 | abbreviated setting name (--ta for --tau) | SystemExit | here: test_unknown_or_stray_argument_is_an_error_naming_it[abbreviation] |
@@ -94,7 +95,7 @@ names the problem. "here" = this file; the others are tests that existed before 
 | resuming an --out that holds another mode's run | ValueError | here: test_resume_into_another_modes_run_is_an_error_naming_the_mode |
 | resuming from a damaged checkpoint | ValueError | here: test_resume_from_a_damaged_checkpoint_is_an_error_naming_it |
 | resuming with a damaged line in metrics.jsonl | ValueError | here: test_damaged_log_line_is_an_error_naming_file_and_line |
-| a new run (or eval) in an --out that holds a run, without --resume or --overwrite | ValueError | here: test_out_holding_a_run_is_refused_unless_resumed_or_overwritten |
+| a new run (or eval) in an --out that holds a run, without --resume or --overwrite | ValueError | here: test_out_holding_a_run_is_refused_unless_resumed_or_overwritten; --overwrite removes the old checkpoint at once: test_overwrite_removes_the_old_checkpoint_before_the_first_step |
 | --out that is a file | ValueError | here: test_out_that_is_a_file_is_an_error |
 | a run folder moved or copied, then resumed: accepted | (behaviour) | here: test_a_run_folder_moved_elsewhere_resumes |
 
@@ -105,6 +106,7 @@ the quantity, the last checkpoint byte-identical; --skip_nonfinite skips, counts
 Gradient explosion: on sharp logits, the ordering of SFT's and GFT's logit gradients that the math
 guarantees (experiments/grad_explosion.py prints the figures for a fitted model).
 """
+import dataclasses
 import json
 import math
 import os
@@ -119,8 +121,6 @@ import torch
 import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-import dataclasses
-
 import data as D
 import gft
 import train
@@ -180,8 +180,14 @@ def gft_full(base, tmp_path_factory):
     return out
 
 
+def fast(args):
+    """FAST for a command line args; less --n_prompts where a --data file brings its own pool (an error there)."""
+    i = FAST.index("--n_prompts")
+    return FAST[:i] + FAST[i + 2:] if "--data" in args else FAST
+
+
 def main(*args):
-    return train.main(list(args) + FAST)
+    return train.main(list(args) + fast(args))
 
 
 FAST_SETTINGS = {FAST[i][2:]: train.parse_args(["pretrain", FAST[i], FAST[i + 1]]).__dict__[FAST[i][2:]]
@@ -218,6 +224,11 @@ SETTINGS = {  # id: (argv, pattern of the ValueError)
                              r"--resume true and --overwrite true contradict each other"),
     "eval_split val with data": (["eval", "--init", "x.pt", "--data", "d.jsonl", "--eval_split", "val"],
                                  r"--eval_split val: a --data file has a test split only"),
+    "pretrain with data": (["pretrain", "--data", "d.jsonl"], r"--data d.jsonl: mode pretrain runs the built-in task"),
+    "n_prompts with data": (["gft", "--init", "x.pt", "--data", "d.jsonl", "--n_prompts", "50"],
+                            r"--n_prompts 50 / --teacher_error 0.25 size the built-in task's pool"),
+    "teacher_error with data": (["gft", "--init", "x.pt", "--data", "d.jsonl", "--teacher_error", "0.9"],
+                                r"--n_prompts 2000 / --teacher_error 0.9 size the built-in task's pool"),
 }
 
 
@@ -233,7 +244,7 @@ OTHER_VALUE = {  # for each setting of train.READ_BY, a legal value that is no m
     "adam_beta2": 0.999, "grad_clip": 0.5, "skip_nonfinite": True, "data": os.path.join(ROOT, "data", "example.jsonl"),
     "expert_style": "tree", "prompts_per_step": 8, "n_rollout": 6, "temperature": 0.5, "adv_scale": False,
     "agg": "seq-mean-token-sum", "tau": 0.3, "n_expert": 2, "n_teacher": 2, "teacher_error": 0.5, "updates_per_batch": 2,
-    "clip_eps": 0.3, "kl_beta": 0.5, "batch_size": 16, "sft_teachers": 1, "base_mix": "2:1,3:1", "gate_pass1": 0.3,
+    "resume": True, "override": True, "overwrite": True, "kl_beta": 0.5, "batch_size": 16, "sft_teachers": 1, "base_mix": "2:1,3:1", "gate_pass1": 0.3,
     "gate_every": 10, "gate_n": 8,
 }
 
@@ -256,29 +267,52 @@ def test_setting_is_an_error_in_a_mode_that_does_not_read_it(setting):
                 train.make_config(**kw)
 
 
-@pytest.mark.parametrize("mode", ["pretrain", "sft", "dft", "gft", "grpo"])
-def test_settings_a_mode_does_not_read_leave_its_step_unchanged(mode):
-    """The other half of READ_BY: what it says a mode does not read, the mode's step indeed ignores
-    (the loss and every logged metric equal, on a model that puts weight on every token). Set
-    past the check, which would refuse them."""
-    size = (dict(batch_size=4) if mode in ("pretrain", "sft", "dft") else
-            dict(prompts_per_step=2, n_rollout=3))
+def one_step(mode):
+    """(config, step): step(config) -> (loss, metrics) of one train_step of mode, on a tiny random
+    model (and, for grpo's KL, another as the reference), the same every call."""
+    size = dict(batch_size=4) if mode in ("pretrain", "sft", "dft") else dict(prompts_per_step=2, n_rollout=3)
     cfg = train.make_config(mode=mode, **({} if mode == "pretrain" else {"init": "x.pt"}), n_prompts=16, eval_n=2,
-                            passk_problems=1, kl_n=1, max_new_tokens=48, **size)
+                            passk_problems=1, kl_n=1, max_new_tokens=48, **size,
+                            **({"kl_beta": 0.2} if mode == "grpo" else {}))
     tok = D.Tokenizer()
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=128, n_layer=1, n_head=2, n_embd=32))
+    model, ref = (GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=128, n_layer=1, n_head=2, n_embd=32))
+                  for _ in range(2))
 
     def step(c):
         pool = train.load_problems(c, tok, 128)["train"]
-        loss, m = train.train_step(model, train.LogProbs(model), tok, c, 3, pool, None, 0, 1)
+        loss, m = train.train_step(model, train.LogProbs(model), tok, c, 3, pool, ref, 0, 1)
         return loss.item(), m
+    return cfg, step
 
+
+@pytest.mark.parametrize("mode", train.TRAINING)
+def test_settings_a_mode_does_not_read_leave_its_step_unchanged(mode):
+    """The other half of READ_BY: what it says a mode does not read, the mode's step indeed ignores
+    (the loss and every logged metric equal). Set past the check, which would refuse them."""
+    cfg, step = one_step(mode)
     want = step(cfg)
     unread = [k for k, modes in train.READ_BY.items() if mode not in modes]
-    assert len(unread) >= 8  # gft reads the most; the loop below is never near-empty
+    assert len(unread) >= 7  # gft reads the most; the loop below is never near-empty
     for k in unread:
         assert step(dataclasses.replace(cfg, **{k: OTHER_VALUE[k]})) == want, k
+
+
+STEP_SETTINGS = ("data", "expert_style", "prompts_per_step", "n_rollout", "temperature", "adv_scale", "agg", "tau",
+                 "n_expert", "n_teacher", "teacher_error", "kl_beta", "batch_size", "sft_teachers", "base_mix")
+
+
+@pytest.mark.parametrize("mode", train.TRAINING)
+def test_settings_a_mode_reads_change_its_step(mode):
+    """And what READ_BY says a mode reads within a step changes that step (the settings of the
+    loop, such as --lr and the gate, are read by code every mode shares). tau goes to 0 (C = 1
+    everywhere): a random model's p is below 0.3 and 0.7 alike. A random model's grpo groups
+    are all wrong, so every advantage is 0 whatever --adv_scale says."""
+    cfg, step = one_step(mode)
+    want = step(cfg)
+    reads = [k for k in STEP_SETTINGS if mode in train.READ_BY[k] and (mode, k) != ("grpo", "adv_scale")]
+    assert len(reads) >= 2  # pretrain reads the fewest
+    for k in reads:
+        assert step(dataclasses.replace(cfg, **{k: 0.0 if k == "tau" else OTHER_VALUE[k]})) != want, k
 
 
 def test_settings_that_run_but_may_mislead_are_warned_about(base, tmp_path, capsys):
@@ -286,11 +320,13 @@ def test_settings_that_run_but_may_mislead_are_warned_about(base, tmp_path, caps
     main("sft", "--init", base, "--data", path, "--batch_size", "64", "--steps", "2", "--out", str(tmp_path / "o"))
     err = capsys.readouterr().err
     assert "WARNING: a step draws 64 prompts from a pool of 45: more than it holds" in err
-    assert "WARNING: --warmup 20 >= --steps 2: the learning rate only reaches 3e-06 of --lr 3e-05" in err
+    assert "WARNING: --warmup 20 > --steps 2: the learning rate only reaches 3e-06 of --lr 3e-05" in err
     main("sft", "--init", base, "--data", path, "--batch_size", "8", "--steps", "2", "--warmup", "1",
          "--out", str(tmp_path / "p"))
     assert "WARNING" not in capsys.readouterr().err
-
+    cfg = train.make_config(mode="sft", init="x.pt", steps=20, warmup=20)  # the last step reaches the peak
+    train.warn_settings(cfg, pool=cfg.batch_size)  # a pool just large enough
+    assert "WARNING" not in capsys.readouterr().err
 
 @pytest.mark.parametrize("argv,pattern", [
     (["gft", "--init", "x.pt", "--ta", "0.5"], r"unknown setting\(s\) \['--ta', '0.5'\]"),
@@ -575,10 +611,31 @@ def test_out_holding_a_run_is_refused_unless_resumed_or_overwritten(base, tmp_pa
                                                    f"its metrics.jsonl")):
         main("eval", "--init", base, "--out", out)
     assert [open(f, "rb").read() for f in (ckpt, log)] == before  # untouched
+    for flag in ("--resume", "--overwrite"):  # eval reads neither: no way past the guard
+        with pytest.raises(ValueError, match=f"{flag} True: mode eval does not read this setting"):
+            main("eval", "--init", base, "--out", out, flag, "true")
+    assert [open(f, "rb").read() for f in (ckpt, log)] == before  # untouched
     main(*sft, "--lr", "1e-3", "--overwrite", "true")
     rows = [json.loads(l) for l in open(log)]
     assert [r["config"]["lr"] for r in rows if "config" in r] == [1e-3]  # the new run's log alone
     assert train.load_checkpoint(ckpt)["config"]["lr"] == 1e-3
+
+
+def test_overwrite_removes_the_old_checkpoint_before_the_first_step(base, tmp_path, monkeypatch):
+    """Else a run killed before its first save would leave the old checkpoint beside the new log,
+    and --resume would continue the old run."""
+    out = str(tmp_path / "o")
+    sft = ["sft", "--init", base, "--out", out, "--steps", "2", "--batch_size", "4"]
+    main(*sft)
+
+    def killed(cfg, s):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "loop", killed)
+    with pytest.raises(KeyboardInterrupt):
+        main(*sft, "--overwrite", "true")
+    assert not os.path.exists(os.path.join(out, "ckpt.pt"))
+    assert [list(json.loads(l)) for l in open(os.path.join(out, "metrics.jsonl"))] == [["config", "world", "params",
+                                                                                        "base"]]
 
 
 def test_out_that_is_a_file_is_an_error(base, tmp_path):
@@ -602,9 +659,9 @@ def test_damaged_log_line_is_an_error_naming_file_and_line(base, tmp_path):
     log = os.path.join(out, "metrics.jsonl")
     main("sft", "--init", base, "--out", out, "--steps", "2", "--batch_size", "4", "--ckpt_every", "1")
     lines = open(log).readlines()
-    lines[1] = '{"step": 1, garbage\n'
+    lines[1:2] = ["\n", '{"step": 1, garbage\n']  # a blank line (tolerated) first: the count is the file's
     open(log, "w").writelines(lines)
-    with pytest.raises(ValueError, match=re.escape(f"{log}:2: not a JSON line")):
+    with pytest.raises(ValueError, match=re.escape(f"{log}:3: not a JSON line")):
         main("sft", "--init", base, "--out", out, "--steps", "2", "--batch_size", "4", "--ckpt_every", "1",
              "--resume", "true")
 
@@ -652,7 +709,7 @@ def test_bad_input_on_the_command_line_is_one_line_on_stderr_not_a_traceback(bas
         "malformed JSONL line": (["sft", "--init", base, "--data", str(bad)], f"{bad}:2: malformed JSON"),
         "fine-tuning mode without --init": (["gft"], "mode gft needs --init CHECKPOINT"),
     }[case]
-    p = cli(*argv, "--out", str(tmp_path / "o"), *FAST)
+    p = cli(*argv, "--out", str(tmp_path / "o"), *fast(argv))
     assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
     assert p.stderr.strip().splitlines() == [p.stderr.strip()] and p.stderr.startswith("error: "), p.stderr
     assert words in p.stderr

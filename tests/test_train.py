@@ -313,7 +313,7 @@ def test_expert_style_default_is_tree_for_the_demo_and_chain_elsewhere():
     assert train.make_config(mode="demo").expert_style == "tree"
     assert train.make_config(mode="gft", init="x.pt").expert_style == "chain"
     assert train.make_config(mode="demo", expert_style="chain").expert_style == "chain"
-    with pytest.raises(ValueError, match="the demo runs the built-in task"):
+    with pytest.raises(ValueError, match="mode demo runs the built-in task"):
         train.make_config(mode="demo", data="x.jsonl")
 
 
