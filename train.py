@@ -282,9 +282,10 @@ def check_config(cfg):
     if cfg.data and (cfg.expert_style != "chain" or cfg.digits != 2):
         raise ValueError(f"--expert_style {cfg.expert_style} / --digits {cfg.digits} change the built-in task; a "
                          f"--data file brings its own problems (leave them at chain / 2)")
-    if cfg.data and (cfg.n_prompts != Config.n_prompts or cfg.teacher_error != Config.teacher_error):
-        raise ValueError(f"--n_prompts {cfg.n_prompts} / --teacher_error {cfg.teacher_error} size the built-in task's "
-                         f"pool and its teachers' slips; a --data file brings its own (leave them unset)")
+    built_in = [f"--{k} {getattr(cfg, k)}" for k in ("n_prompts", "teacher_error") if getattr(cfg, k) != getattr(Config, k)]
+    if cfg.data and built_in:
+        raise ValueError(f"{' and '.join(built_in)}: the size of the built-in task's pool and the rate of its "
+                         f"teachers' slips; a --data file brings its own pool and teachers (leave them unset)")
     if cfg.data and cfg.passk_split == "ood":
         raise ValueError("--passk_split ood: a --data file has a test split only (no ood); use test")
     if cfg.data and cfg.eval_split == "val":  # else settings chosen "on val" would be chosen on the test split
@@ -841,8 +842,8 @@ def run(cfg):
 
 def check_out(cfg):
     """--out must be a folder. One that holds a run (ckpt.pt) is continued (--resume) or replaced
-    (--overwrite), never overwritten silently: starting afresh there rewrites its checkpoint at the
-    first save and clears its log at once."""
+    (--overwrite: resume() removes its checkpoint and clears its log before the first step), never
+    replaced silently, and never by eval, which would rewrite its log."""
     ckpt = os.path.join(cfg.out, "ckpt.pt")
     if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
         raise ValueError(f"--out {cfg.out} is a file, not a folder")
@@ -851,6 +852,9 @@ def check_out(cfg):
     if cfg.mode == "eval":
         raise ValueError(f"--out {cfg.out} holds a training run ({ckpt}); eval would replace its metrics.jsonl: "
                          f"give eval another --out")
+    if cfg.overwrite and cfg.init and os.path.abspath(cfg.init) == os.path.abspath(ckpt):
+        raise ValueError(f"--init {cfg.init} is the checkpoint that --overwrite would remove: copy it elsewhere "
+                         f"first, or give another --out")
     if cfg.resume or cfg.overwrite:
         return
     raise ValueError(f"--out {cfg.out} already holds a run ({ckpt}): pass --resume true to continue it, "
@@ -956,9 +960,9 @@ def resume(cfg, s):
         s.logprob_fn = torch.compile(s.logprob_fn)
     if s.master:
         os.makedirs(cfg.out, exist_ok=True)
+        _trim_metrics(s.metrics_path, s.start)
         if cfg.overwrite and os.path.exists(s.ckpt_path):  # now, with the log: a run killed before its first
             os.remove(s.ckpt_path)                         # save must not leave the old checkpoint to resume
-        _trim_metrics(s.metrics_path, s.start)
         if s.start == 0:
             append_jsonl(s.metrics_path, {"config": dataclasses.asdict(cfg), "world": s.world,
                                           "params": s.model.num_params(), "base": s.base_info and s.base_info["sha"]})
@@ -1106,8 +1110,8 @@ def _trim_metrics(path, step):
     at step 0 (no checkpoint yet) drop them all, so the config line is written once."""
     if not os.path.exists(path):
         return
-    with open(path) as f:
-        numbered = [(i, l) for i, l in enumerate(f, start=1) if l.strip()]  # (line number, line)
+    with open(path) as f:  # (line number, line); at step 0 none is kept, so none is read (a damaged one neither)
+        numbered = [(i, l) for i, l in enumerate(f, start=1) if l.strip()] if step else []
     if numbered and not numbered[-1][1].endswith("\n"):  # torn by a crash in mid-write: never complete
         numbered.pop()
     lines, rows = [l for _, l in numbered], []

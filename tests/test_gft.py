@@ -430,15 +430,15 @@ def test_grpo_loss_equals_slow_loop(seed, N, T, clip_eps, beta, agg):
 @given(seeds, st.integers(1, 4), st.integers(1, 6), st.floats(0.01, 0.99), st.sampled_from(AGGS))
 def test_grpo_clip_never_binds_on_policy(seed, N, T, clip_eps, agg):
     """train.py's grpo takes one update per batch, old = current: the ratio is 1, inside any clip
-    range, so the loss and its gradient are the policy gradient's whatever clip_eps is (why
-    train.py has no --clip_eps)."""
+    range, so the loss is the same whatever clip_eps is, and its gradient is the plain policy
+    gradient's, -A grad log pi (why train.py has no --clip_eps)."""
     _, _, mask, g = random_batch(seed, N, T, 2, p_mask=0.6)
     lp = (-torch.rand(N, T, generator=g, dtype=torch.float64) * 4).requires_grad_()
     A = torch.randn(N, generator=g, dtype=torch.float64)
     loss = grpo_loss(lp, lp.detach(), A, mask, clip_eps, agg=agg)
-    unclipped = grpo_loss(lp, lp.detach(), A, mask, 0.999, agg=agg)
+    widest = grpo_loss(lp, lp.detach(), A, mask, 0.999, agg=agg)
     pg = gft_loss(lp, A, mask, tau=0.0, agg=agg)  # tau 0: C = 1, loss -A log pi: the plain policy gradient
-    torch.testing.assert_close(loss, unclipped)
+    torch.testing.assert_close(loss, widest)
     torch.testing.assert_close(grad_of(loss, lp), grad_of(pg, lp))
 
 

@@ -226,9 +226,9 @@ SETTINGS = {  # id: (argv, pattern of the ValueError)
                                  r"--eval_split val: a --data file has a test split only"),
     "pretrain with data": (["pretrain", "--data", "d.jsonl"], r"--data d.jsonl: mode pretrain runs the built-in task"),
     "n_prompts with data": (["gft", "--init", "x.pt", "--data", "d.jsonl", "--n_prompts", "50"],
-                            r"--n_prompts 50 / --teacher_error 0.25 size the built-in task's pool"),
+                            r"^--n_prompts 50: the size of the built-in task's pool"),
     "teacher_error with data": (["gft", "--init", "x.pt", "--data", "d.jsonl", "--teacher_error", "0.9"],
-                                r"--n_prompts 2000 / --teacher_error 0.9 size the built-in task's pool"),
+                                r"^--teacher_error 0.9: the size of the built-in task's pool and the rate"),
 }
 
 
@@ -244,8 +244,8 @@ OTHER_VALUE = {  # for each setting of train.READ_BY, a legal value that is no m
     "adam_beta2": 0.999, "grad_clip": 0.5, "skip_nonfinite": True, "data": os.path.join(ROOT, "data", "example.jsonl"),
     "expert_style": "tree", "prompts_per_step": 8, "n_rollout": 6, "temperature": 0.5, "adv_scale": False,
     "agg": "seq-mean-token-sum", "tau": 0.3, "n_expert": 2, "n_teacher": 2, "teacher_error": 0.5, "updates_per_batch": 2,
-    "resume": True, "override": True, "overwrite": True, "kl_beta": 0.5, "batch_size": 16, "sft_teachers": 1, "base_mix": "2:1,3:1", "gate_pass1": 0.3,
-    "gate_every": 10, "gate_n": 8,
+    "resume": True, "override": True, "overwrite": True, "kl_beta": 0.5, "batch_size": 16, "sft_teachers": 1,
+    "base_mix": "2:1,3:1", "gate_pass1": 0.3, "gate_every": 10, "gate_n": 8,
 }
 
 
@@ -267,14 +267,18 @@ def test_setting_is_an_error_in_a_mode_that_does_not_read_it(setting):
                 train.make_config(**kw)
 
 
-def one_step(mode):
+def one_step(mode, monkeypatch):
     """(config, step): step(config) -> (loss, metrics) of one train_step of mode, on a tiny random
-    model (and, for grpo's KL, another as the reference), the same every call."""
+    model (and, for grpo's KL, another as the reference), the same every call. The verifier is
+    replaced by one that passes about half of any texts (odd length), so that groups of random
+    rollouts are mixed and their advantages not all 0."""
+    monkeypatch.setattr(D, "verify", lambda text, answer: float(len(text) % 2))
     size = dict(batch_size=4) if mode in ("pretrain", "sft", "dft") else dict(prompts_per_step=2, n_rollout=3)
     cfg = train.make_config(mode=mode, **({} if mode == "pretrain" else {"init": "x.pt"}), n_prompts=16, eval_n=2,
                             passk_problems=1, kl_n=1, max_new_tokens=48, **size,
                             **({"kl_beta": 0.2} if mode == "grpo" else {}))
     tok = D.Tokenizer()
+    torch.manual_seed(0)
     model, ref = (GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=128, n_layer=1, n_head=2, n_embd=32))
                   for _ in range(2))
 
@@ -285,34 +289,35 @@ def one_step(mode):
     return cfg, step
 
 
-@pytest.mark.parametrize("mode", train.TRAINING)
-def test_settings_a_mode_does_not_read_leave_its_step_unchanged(mode):
-    """The other half of READ_BY: what it says a mode does not read, the mode's step indeed ignores
-    (the loss and every logged metric equal). Set past the check, which would refuse them."""
-    cfg, step = one_step(mode)
-    want = step(cfg)
-    unread = [k for k, modes in train.READ_BY.items() if mode not in modes]
-    assert len(unread) >= 7  # gft reads the most; the loop below is never near-empty
-    for k in unread:
-        assert step(dataclasses.replace(cfg, **{k: OTHER_VALUE[k]})) == want, k
-
-
 STEP_SETTINGS = ("data", "expert_style", "prompts_per_step", "n_rollout", "temperature", "adv_scale", "agg", "tau",
                  "n_expert", "n_teacher", "teacher_error", "kl_beta", "batch_size", "sft_teachers", "base_mix")
 
 
 @pytest.mark.parametrize("mode", train.TRAINING)
-def test_settings_a_mode_reads_change_its_step(mode):
-    """And what READ_BY says a mode reads within a step changes that step (the settings of the
-    loop, such as --lr and the gate, are read by code every mode shares). tau goes to 0 (C = 1
-    everywhere): a random model's p is below 0.3 and 0.7 alike. A random model's grpo groups
-    are all wrong, so every advantage is 0 whatever --adv_scale says."""
-    cfg, step = one_step(mode)
+def test_settings_a_mode_does_not_read_leave_its_step_unchanged(mode, monkeypatch):
+    """The other half of READ_BY: what it says a mode does not read, the mode's step indeed ignores
+    (the loss and every logged metric equal). Set past the check, which would refuse them."""
+    cfg, step = one_step(mode, monkeypatch)
     want = step(cfg)
-    reads = [k for k in STEP_SETTINGS if mode in train.READ_BY[k] and (mode, k) != ("grpo", "adv_scale")]
+    if mode in ("gft", "grpo"):
+        assert 0.0 < want[1]["reward"] < 1.0  # mixed groups
+    unread = [k for k, modes in train.READ_BY.items() if mode not in modes]
+    assert len([k for k in unread if k in STEP_SETTINGS]) >= 4  # gft reads the most: 4 are left
+    for k in unread:
+        assert step(dataclasses.replace(cfg, **{k: OTHER_VALUE[k]})) == want, k
+
+
+@pytest.mark.parametrize("mode", train.TRAINING)
+def test_settings_a_mode_reads_change_its_loss(mode, monkeypatch):
+    """And what READ_BY says a mode reads within a step changes that step's loss (the settings of
+    the loop, such as --lr and the gate, are read by code every mode shares). tau goes to 0 (C = 1
+    everywhere): a random model's p is below 0.3 and 0.7 alike."""
+    cfg, step = one_step(mode, monkeypatch)
+    loss = step(cfg)[0]
+    reads = [k for k in STEP_SETTINGS if mode in train.READ_BY[k]]
     assert len(reads) >= 2  # pretrain reads the fewest
     for k in reads:
-        assert step(dataclasses.replace(cfg, **{k: 0.0 if k == "tau" else OTHER_VALUE[k]})) != want, k
+        assert step(dataclasses.replace(cfg, **{k: 0.0 if k == "tau" else OTHER_VALUE[k]}))[0] != loss, k
 
 
 def test_settings_that_run_but_may_mislead_are_warned_about(base, tmp_path, capsys):
@@ -614,7 +619,11 @@ def test_out_holding_a_run_is_refused_unless_resumed_or_overwritten(base, tmp_pa
     for flag in ("--resume", "--overwrite"):  # eval reads neither: no way past the guard
         with pytest.raises(ValueError, match=f"{flag} True: mode eval does not read this setting"):
             main("eval", "--init", base, "--out", out, flag, "true")
+    with pytest.raises(ValueError, match=re.escape(f"--init {ckpt} is the checkpoint that --overwrite would remove")):
+        main("gft", "--init", ckpt, "--out", out, "--steps", "1", "--overwrite", "true")
     assert [open(f, "rb").read() for f in (ckpt, log)] == before  # untouched
+    with open(log, "a") as f:
+        f.write("{damaged\n")  # a new run does not read the old log: it replaces it
     main(*sft, "--lr", "1e-3", "--overwrite", "true")
     rows = [json.loads(l) for l in open(log)]
     assert [r["config"]["lr"] for r in rows if "config" in r] == [1e-3]  # the new run's log alone
