@@ -301,7 +301,7 @@ def make_split(name, n, seed=0, cfg=None):
                          f"ood_ops ({cfg.ood_ops}) problems: set both above 2 to use it")
     rng = random.Random(f"{name}-{seed}")
     mix_ops, mix_w = zip(*sorted(cfg.base_mix.items()))
-    out, seen = [], set()
+    out, seen, misses = [], set(), 0
     for _ in range(1000 * n):
         if name == "base":
             if rng.random() < cfg.probe_share:
@@ -317,8 +317,13 @@ def make_split(name, n, seed=0, cfg=None):
         if bucket(p.prompt) in _BUCKETS[name] and p.prompt not in seen:
             seen.add(p.prompt)
             out.append(p)
+            misses = 0
             if len(out) == n:
                 return out
+        else:  # this many draws in a row without a new problem: the split is used up at this difficulty
+            misses += 1  # (the last new one takes ~10x its size in draws, at a bucket share of 0.1)
+            if misses > max(100_000, 1000 * len(seen)):
+                break
     raise ValueError(f"split {name!r} has fewer than {n} distinct problems at this difficulty "
                      f"(digits={cfg.digits}); ask for fewer")
 

@@ -12,7 +12,8 @@ import pytest
 import tiktoken
 from hypothesis import given, settings, strategies as st
 
-from data import (EOT, PAD, SPLITS, Problem, TaskConfig, Tokenizer, load_jsonl,
+import data
+from data import (EOT, PAD, SPLITS, Problem, TaskConfig, Tokenizer, bucket, load_jsonl,
                   make_problem, make_split, solution_order, teacher_solutions, verify,
                   verify_trace, write_jsonl)
 
@@ -261,6 +262,26 @@ def test_invalid_split_and_task_settings_raise_naming_them():
     with pytest.raises(ValueError, match="fewer than"):
         make_split("probe", 500, cfg=TaskConfig(digits=1))  # only 45 such problems exist
 
+
+@pytest.mark.parametrize("name,n", [("train", 100_000), ("test", 2_000)])
+def test_a_used_up_split_fails_after_few_draws_and_a_full_one_is_still_found(monkeypatch, name, n):
+    """--n_prompts 100000 at 1 digit used to draw 1000 n = 10^8 problems (minutes) before saying
+    the split is too small; it stops once draws stop finding new ones. Exactly the split's size
+    is still found: every distinct problem, as before."""
+    cfg = TaskConfig(digits=1, train_ops=3, ood_ops=4)
+    real, calls = data._random_problem, [0]
+
+    def counted(*a, **k):
+        calls[0] += 1
+        return real(*a, **k)
+    monkeypatch.setattr(data, "_random_problem", counted)
+    with pytest.raises(ValueError, match=f"split '{name}' has fewer than {n} distinct problems"):
+        make_split(name, n, cfg=cfg)
+    assert calls[0] < 1_000_000
+    rng = random.Random(0)  # every 3-operand sum of 1-digit numbers (9^3 = 729): 10^5 draws miss none
+    every = {real(rng, 3, cfg).prompt for _ in range(100_000)}
+    size = sum(bucket(q) in data._BUCKETS[name] for q in every)
+    assert len(every) == 729 and len(make_split(name, size, cfg=cfg)) == size  # the whole split, found
 
 # ----------------------------------------------------------------------------- JSONL
 

@@ -60,6 +60,7 @@ names the problem. "here" = this file; the others are tests that existed before 
 | --data with one record (no test split) | ValueError | here: test_bad_data_file_...[one record] |
 | record longer than the block (never truncated) | ValueError | test_data.py::test_jsonl_record_longer_than_block_size_raises_instead_of_truncating |
 | teacher solution longer than the block (checked on load, not at the step that draws it) | ValueError | test_data.py::test_jsonl_teacher_longer_than_block_size_raises_naming_it |
+| --n_prompts more than the built-in task has at that difficulty: said after about a second, not minutes | ValueError | test_data.py::test_a_used_up_split_fails_after_few_draws_and_a_full_one_is_still_found |
 | prompt alone longer than the block, via the CLI | ValueError | here: test_bad_data_file_...[prompt longer than the block] |
 | prompt + --max_new_tokens longer than the block (check_fits) | ValueError | here: test_bad_data_file_...[prompt + response budget exceeds the block] |
 | expert solution failing its verifier: reported with its line, kept | (stdout) | test_data.py::test_jsonl_expert_failing_verifier_is_reported_with_its_line_and_kept |
