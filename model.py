@@ -31,7 +31,10 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={name!r} asked for but torch.cuda.is_available() is False")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:  # torch's own message lists twenty device types
+        raise ValueError(f"device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
 
 
 class LayerNorm(nn.Module):

@@ -1232,13 +1232,20 @@ def main(argv=None):
 
 def cli():
     """main, with a bad input (setting, file, checkpoint, data) ending in one line on stderr and
-    exit code 1 instead of a traceback; GFT_DEBUG=1 shows the traceback."""
+    exit code 1 instead of a traceback, and Ctrl-C in one line and exit code 130; GFT_DEBUG=1
+    shows the traceback."""
     try:
         main()
     except (ValueError, OSError, RuntimeError, FloatingPointError) as e:
         if os.environ.get("GFT_DEBUG") == "1":
             raise
         sys.exit(f"error: {' '.join(str(e).split())}")
+    except KeyboardInterrupt:  # Ctrl-C: what was kept, and how to go on, instead of a traceback
+        if os.environ.get("GFT_DEBUG") == "1":
+            raise
+        print("interrupted (Ctrl-C): a training run keeps its last checkpoint in --out (the steps since are "
+              "lost); the same command with --resume true continues from it", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

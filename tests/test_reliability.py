@@ -39,6 +39,8 @@ names the problem. "here" = this file; the others are tests that existed before 
 | unknown setting name | SystemExit | test_train.py::test_unknown_setting_is_an_error_naming_it |
 | abbreviated setting name (--ta for --tau) | SystemExit | here: test_unknown_or_stray_argument_is_an_error_naming_it[abbreviation] |
 | stray positional argument | SystemExit | here: test_unknown_or_stray_argument_...[stray positional] |
+| --device that torch does not know (gpu) | ValueError | here: test_unknown_device_is_an_error_naming_it |
+| Ctrl-C: one line on stderr saying how to go on, exit code 130, the checkpoint kept | (behaviour) | here: test_ctrl_c_is_one_line_on_stderr_saying_how_to_go_on_and_keeps_the_checkpoint |
 | unknown mode (command line) | SystemExit, stderr | here: test_malformed_value_is_an_argparse_error_naming_it[unknown mode] |
 | unknown mode (Config) | ValueError | here: test_unknown_mode_in_config_is_an_error_naming_the_choices |
 | non-number for a number setting | SystemExit, stderr | here: test_malformed_value_...[not an int] |
@@ -113,6 +115,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -125,7 +128,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import data as D
 import gft
 import train
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, pick_device
 import _faulty_train  # tests/_faulty_train.py: pytest puts tests/ on sys.path
 
 real_train_step = train.train_step
@@ -723,6 +726,29 @@ def test_bad_input_on_the_command_line_is_one_line_on_stderr_not_a_traceback(bas
     assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
     assert p.stderr.strip().splitlines() == [p.stderr.strip()] and p.stderr.startswith("error: "), p.stderr
     assert words in p.stderr
+
+
+def test_ctrl_c_is_one_line_on_stderr_saying_how_to_go_on_and_keeps_the_checkpoint(tmp_path):
+    out = str(tmp_path / "o")
+    args = [sys.executable, os.path.join(ROOT, "train.py"), "pretrain", "--out", out, "--steps", "100000",
+            "--gate_pass1", "0", "--ckpt_every", "2", "--log_every", "1", "--batch_size", "4", *TINY, *FAST]
+    p = subprocess.Popen(args, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in p.stdout:  # past the first checkpoint
+        if line.startswith("step 3/"):
+            break
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == ("interrupted (Ctrl-C): a training run keeps its last checkpoint in --out "
+                                            "(the steps since are lost); the same command with --resume true "
+                                            "continues from it")
+    assert train.load_checkpoint(os.path.join(out, "ckpt.pt"))["step"] >= 2
+
+
+def test_unknown_device_is_an_error_naming_it():
+    with pytest.raises(ValueError, match=r"device='gpu' is not a device; use auto, cpu, cuda or cuda:N"):
+        pick_device("gpu")
 
 
 def test_gft_debug_shows_the_traceback(tmp_path):
