@@ -105,7 +105,9 @@ def extract_answer(text):
 def verify(completion, answer):
     """Rule-based reward: 1.0 if the final answer equals `answer` (numerically), else 0.0.
 
-    Never raises: any string (or non-string) that has no well-formed answer scores 0.
+    The final answer is the number right after the last '####', as verl's GSM8K scorer reads it;
+    what follows that number is not read ('#### 147 or 148' scores as 147). Never raises: any
+    string (or non-string) that has no well-formed answer scores 0.
     """
     got = extract_answer(completion)
     if got is None:

@@ -169,6 +169,18 @@ def test_verify_never_raises_and_returns_zero_or_one(completion, answer):
     assert verify(completion, answer) in (0.0, 1.0)
 
 
+@pytest.mark.parametrize("completion,score", [
+    ("#### 147", 1.0), ("#### 1,47", 1.0), ("####147", 1.0), ("#### $147", 1.0), ("#### 146 #### 147", 1.0),
+    ("#### 147 #### 146", 0.0), ("#### 147abc", 1.0), ("#### 147 or 148", 1.0), ("#### 147/2", 1.0),
+    ("#### 147.0", 1.0), ("#### -147", 0.0), ("147", 0.0), ("#### abc", 0.0),
+])
+def test_verify_reads_the_number_after_the_last_marker_and_nothing_after_it(completion, score):
+    """What the rule-based reward accepts, pinned: the number right after the last '####', as the
+    official code's GSM8K scorer (verl's, strict) reads it. Text after that number is not read, so
+    '#### 147 or 148' and '#### 147/2' pass for 147: a stricter checker is data.verify's to make."""
+    assert verify(completion, "147") == score
+
+
 @FAST
 @given(anything)
 def test_verify_trace_never_raises_and_returns_zero_or_one(completion):
