@@ -433,7 +433,8 @@ def load_jsonl(path, tokenizer=None, block_size=None, fix="raise block_size or d
             raise ValueError(f"{where}: 'prompt' and 'expert' must be non-empty")
         if tokenizer is not None and block_size is not None:  # every solution is trained on: each must fit
             n_prompt = len(tokenizer.encode(rec["prompt"]))
-            for name, sol in [("expert", rec["expert"])] + [(f"teachers[{j}]", t) for j, t in enumerate(rec["teachers"])]:
+            solutions = [("expert", rec["expert"])] + [(f"teachers[{j}]", t) for j, t in enumerate(rec["teachers"])]
+            for name, sol in solutions:
                 n = n_prompt + len(tokenizer.encode(sol)) + 1
                 if n > block_size:
                     raise ValueError(f"{where}: prompt + {name} is {n} tokens, longer than block_size "

@@ -165,8 +165,8 @@ READ_BY = {  # what is trained or measured, read by some modes only: in any othe
     "data": FINE_TUNING + ("eval",),  # pretraining writes its own sums
     "expert_style": ("sft", "dft", "gft"),  # the pool's experts: grpo never reads them, eval's splits are fixed
     **dict.fromkeys(("prompts_per_step", "n_rollout", "temperature", "adv_scale", "agg"), ("gft", "grpo")),
-    **dict.fromkeys(("tau", "n_expert", "n_teacher", "teacher_error", "updates_per_batch"), ("gft",)),
-    "kl_beta": ("grpo",),  # (sft(mix)'s teachers are the correct ones: no teacher_error)
+    **dict.fromkeys(("tau", "n_expert", "n_teacher", "teacher_error", "updates_per_batch"), ("gft",)),  # sft(mix)
+    "kl_beta": ("grpo",),  # takes correct teachers only: no teacher_error
     "batch_size": ("pretrain", "sft", "dft"),
     "sft_teachers": ("sft", "dft"),
     **dict.fromkeys(("base_mix", "gate_pass1", "gate_every", "gate_n"), ("pretrain",)),
@@ -282,7 +282,8 @@ def check_config(cfg):
     if cfg.data and (cfg.expert_style != "chain" or cfg.digits != 2):
         raise ValueError(f"--expert_style {cfg.expert_style} / --digits {cfg.digits} change the built-in task; a "
                          f"--data file brings its own problems (leave them at chain / 2)")
-    built_in = [f"--{k} {getattr(cfg, k)}" for k in ("n_prompts", "teacher_error") if getattr(cfg, k) != getattr(Config, k)]
+    built_in = [f"--{k} {getattr(cfg, k)}" for k in ("n_prompts", "teacher_error")
+                if getattr(cfg, k) != getattr(Config, k)]
     if cfg.data and built_in:
         raise ValueError(f"{' and '.join(built_in)}: the size of the built-in task's pool and the rate of its "
                          f"teachers' slips; a --data file brings its own pool and teachers (leave them unset)")
@@ -1167,7 +1168,8 @@ def demo(cfg):
           for s in D.EXPERT_STYLES}
     print("premise: under the base, expert solutions average log-prob per token "
           + ", ".join(f"{lp[s]:.2f} in {s} form" for s in D.EXPERT_STYLES) + " (chain: as pretraining writes)")
-    fine = dict(init=base_ckpt, steps=DEMO_STEPS, expert_style=style, log_every=10, overwrite=True, **common)  # rerun each time
+    fine = dict(init=base_ckpt, steps=DEMO_STEPS, expert_style=style, log_every=10, overwrite=True,  # rerun each time
+                **common)
     gft_cfg = make_config(mode="gft", out=os.path.join(root, f"gft_{style}"), **fine)
     group = gft_cfg.prompts_per_step * (gft_cfg.n_expert + gft_cfg.n_teacher + gft_cfg.n_rollout)  # sequences per GFT step
     rows["sft"] = run(make_config(mode="sft", out=os.path.join(root, f"sft_{style}"), batch_size=group, **fine))
