@@ -530,6 +530,14 @@ def expert_groups(tok, problems, reward=0.0):
             for p in problems]
 
 
+def prompts_drawn(cfg):
+    """Prompts a fine-tuning step draws from the pool: sft/dft's batch holds each prompt's expert and
+    its --sft_teachers; gft/grpo's groups are one per prompt. None for the other modes."""
+    if cfg.mode in ("sft", "dft"):
+        return cfg.batch_size // (1 + cfg.sft_teachers)
+    return cfg.prompts_per_step if cfg.mode in ("gft", "grpo") else None
+
+
 def draw(pool, n, seed, step, rank, world):
     """This step's problems for this rank: n drawn from the pool without replacement (the
     same draw on every rank), then rank r takes every world-th one."""
@@ -580,10 +588,10 @@ def step_groups(model, tok, cfg, step, pool, rank, world):
                   for p in probs]
         info = {}
     elif cfg.mode in ("sft", "dft"):  # demonstrations, reward 1 (tests: GFT(tau=0) on one expert == SFT)
-        probs = draw(pool, cfg.batch_size // (1 + cfg.sft_teachers), cfg.seed, step, rank, world)
+        probs = draw(pool, prompts_drawn(cfg), cfg.seed, step, rank, world)
         groups, info = build_groups(tok, probs, cfg, step, 1, cfg.sft_teachers, correct_only=True)
     else:
-        probs = draw(pool, cfg.prompts_per_step, cfg.seed, step, rank, world)
+        probs = draw(pool, prompts_drawn(cfg), cfg.seed, step, rank, world)
         n_e, n_t = (cfg.n_expert, cfg.n_teacher) if cfg.mode == "gft" else (0, 0)
         rollouts = sample_rollouts(model, tok, probs, cfg, step, cfg.n_rollout)
         groups, info = build_groups(tok, probs, cfg, step, n_e, n_t, rollouts)
@@ -908,8 +916,7 @@ def set_up(cfg):
 
 def warn_settings(cfg, pool):
     """Settings that run but may not do what was meant: said on stderr, once, at the start."""
-    per_step = {"sft": cfg.batch_size // (1 + cfg.sft_teachers), "gft": cfg.prompts_per_step,
-                "grpo": cfg.prompts_per_step}.get("sft" if cfg.mode == "dft" else cfg.mode)
+    per_step = prompts_drawn(cfg)
     if per_step and per_step > pool:
         print(f"WARNING: a step draws {per_step} prompts from a pool of {pool}: more than it holds, so each step "
               f"draws with replacement and repeats prompts (lower --batch_size / --prompts_per_step, or give "
