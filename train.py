@@ -157,12 +157,16 @@ RUN_KEYS_IGNORED_ON_RESUME = {"resume", "override", "overwrite", "out", "device"
                               "passk_n", "kl_n"}  # out: a run folder may be moved or copied, then resumed
 TRAINING = ("pretrain", "sft", "dft", "gft", "grpo")
 FINE_TUNING = ("sft", "dft", "gft", "grpo")
-READ_BY = {  # what is trained or measured, read by some modes only: in any other a value other than its default is an
-    # error (it would do nothing, and the run would look as if it had). The demo reads DEMO_READS only. Settings not
-    # named here are read by every mode, or only steer the run (logging, checkpoints, --compile, --fast_decode).
+READ_BY = {  # settings read by some modes only: in any other a value other than its default is an error (it would
+    # do nothing, and the run would look as if it had). The demo reads DEMO_READS only. Settings not named here are
+    # read by every mode, or (kl_n) wherever there is a base to compare with, which for eval depends on --init's
+    # checkpoint: pretrain takes it unread, so that one set of evaluation flags serves every run.
     **dict.fromkeys(("steps", "lr", "warmup", "min_lr_ratio", "schedule", "weight_decay", "adam_beta2", "grad_clip",
-                     "skip_nonfinite", "resume", "override", "overwrite"), TRAINING),
+                     "skip_nonfinite", "resume", "override", "overwrite", "compile", "log_every", "eval_every",
+                     "ckpt_every"), TRAINING),  # compile: the trained forward (eval's forward is not compiled)
     "data": FINE_TUNING + ("eval",),  # pretraining writes its own sums
+    "n_prompts": FINE_TUNING,  # the pool's size: pretrain and eval draw no pool
+    "fast_decode": ("gft", "grpo"),  # rollouts; evaluation samples with the eager cache
     "expert_style": ("sft", "dft", "gft"),  # the pool's experts: grpo never reads them, eval's splits are fixed
     **dict.fromkeys(("prompts_per_step", "n_rollout", "temperature", "adv_scale", "agg"), ("gft", "grpo")),
     **dict.fromkeys(("tau", "n_expert", "n_teacher", "teacher_error", "updates_per_batch"), ("gft",)),  # sft(mix)

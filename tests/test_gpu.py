@@ -183,7 +183,7 @@ def test_compile_true_trains_a_few_steps(tmp_path):
     train.main(["pretrain", "--device", "cuda", "--compile", "true", "--out", out, "--steps", "3",
                 "--batch_size", "8", "--gate_pass1", "0", "--log_every", "1", "--n_layer", "1", "--n_head", "2",
                 "--n_embd", "32", "--block_size", "96", "--max_new_tokens", "48", "--eval_n", "4",
-                "--passk_problems", "2", "--passk_n", "2", "--kl_n", "2", "--n_prompts", "32"])
+                "--passk_problems", "2", "--passk_n", "2", "--kl_n", "2"])
     rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
     losses = [r["loss"] for r in rows if "loss" in r]
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)

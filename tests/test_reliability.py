@@ -34,7 +34,7 @@ names the problem. "here" = this file; the others are tests that existed before 
 | --resume and --overwrite together | ValueError | here: ...[resume and overwrite] |
 | --eval_split val with --data (which has no val split) | ValueError | here: ...[eval_split val with data] |
 | --data given to pretrain (which writes its own sums); --n_prompts / --teacher_error with --data (which brings its own) | ValueError | here: ...[pretrain with data], [n_prompts with data], [teacher_error with data] |
-| a setting the mode does not read (sft --tau, gft --kl_beta, eval --lr, the demo given anything but its own) | ValueError | here: test_setting_is_an_error_in_a_mode_that_does_not_read_it (every READ_BY setting x 7 modes); that those modes indeed ignore them, and that the modes said to read a step's setting are changed by it: test_settings_a_mode_does_not_read_leave_its_step_unchanged, test_settings_a_mode_reads_change_its_step |
+| a setting the mode does not read (sft --tau, gft --kl_beta, eval --lr, eval --compile, sft --fast_decode, pretrain --n_prompts, the demo given anything but its own) | ValueError | here: test_setting_is_an_error_in_a_mode_that_does_not_read_it (every READ_BY setting x 7 modes); that those modes indeed ignore them, and that the modes said to read a step's setting are changed by it: test_settings_a_mode_does_not_read_leave_its_step_unchanged, test_settings_a_mode_reads_change_its_step |
 | a pool smaller than a step's draw; --warmup >= --steps | (stderr warning) | here: test_settings_that_run_but_may_mislead_are_warned_about |
 | unknown setting name | SystemExit | test_train.py::test_unknown_setting_is_an_error_naming_it |
 | abbreviated setting name (--ta for --tau) | SystemExit | here: test_unknown_or_stray_argument_is_an_error_naming_it[abbreviation] |
@@ -130,6 +130,7 @@ import gft
 import train
 from model import GPT, GPTConfig, pick_device
 import _faulty_train  # tests/_faulty_train.py: pytest puts tests/ on sys.path
+import test_train
 
 real_train_step = train.train_step
 
@@ -145,7 +146,7 @@ def train_py(*args, fault=None):
     fault=WHAT:N, tests/_faulty_train.py runs it with that fault patched in."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     script = [os.path.join(ROOT, "tests", "_faulty_train.py"), fault] if fault else [os.path.join(ROOT, "train.py")]
-    return subprocess.run([sys.executable, *script, *args, *FAST], env=env, cwd=ROOT,
+    return subprocess.run([sys.executable, *script, *args, *fast(args)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=180)
 
 
@@ -185,17 +186,13 @@ def gft_full(base, tmp_path_factory):
 
 
 def fast(args):
-    """FAST for a command line args; less --n_prompts where a --data file brings its own pool (an error there)."""
-    i = FAST.index("--n_prompts")
-    return FAST[:i] + FAST[i + 2:] if "--data" in args else FAST
+    """FAST for a command line args, less what its mode would refuse as unread (test_train.fast)."""
+    return test_train.fast(args, FAST)
 
 
 def main(*args):
     return train.main(list(args) + fast(args))
 
-
-FAST_SETTINGS = {FAST[i][2:]: train.parse_args(["pretrain", FAST[i], FAST[i + 1]]).__dict__[FAST[i][2:]]
-                 for i in range(0, len(FAST), 2)}  # FAST as make_config keywords
 
 
 # ----------------------------------------------------------------------------- settings
@@ -249,7 +246,8 @@ OTHER_VALUE = {  # for each setting of train.READ_BY, a legal value that is no m
     "expert_style": "tree", "prompts_per_step": 8, "n_rollout": 6, "temperature": 0.5, "adv_scale": False,
     "agg": "seq-mean-token-sum", "tau": 0.3, "n_expert": 2, "n_teacher": 2, "teacher_error": 0.5, "updates_per_batch": 2,
     "resume": True, "override": True, "overwrite": True, "kl_beta": 0.5, "batch_size": 16, "sft_teachers": 1,
-    "base_mix": "2:1,3:1", "gate_pass1": 0.3, "gate_every": 10, "gate_n": 8,
+    "base_mix": "2:1,3:1", "gate_pass1": 0.3, "gate_every": 10, "gate_n": 8, "compile": True, "log_every": 5,
+    "eval_every": 5, "ckpt_every": 5, "n_prompts": 40, "fast_decode": True,
 }
 
 
@@ -278,7 +276,7 @@ def one_step(mode, monkeypatch):
     rollouts are mixed and their advantages not all 0."""
     monkeypatch.setattr(D, "verify", lambda text, answer: float(len(text) % 2))
     size = dict(batch_size=4) if mode in ("pretrain", "sft", "dft") else dict(prompts_per_step=2, n_rollout=3)
-    cfg = train.make_config(mode=mode, **({} if mode == "pretrain" else {"init": "x.pt"}), n_prompts=16, eval_n=2,
+    cfg = train.make_config(mode=mode, **({} if mode == "pretrain" else {"init": "x.pt", "n_prompts": 16}), eval_n=2,
                             passk_problems=1, kl_n=1, max_new_tokens=48, **size,
                             **({"kl_beta": 0.2} if mode == "grpo" else {}))
     tok = D.Tokenizer()
@@ -730,7 +728,7 @@ def test_bad_input_on_the_command_line_is_one_line_on_stderr_not_a_traceback(bas
 def test_ctrl_c_is_one_line_on_stderr_saying_how_to_go_on_and_keeps_the_checkpoint(tmp_path):
     out = str(tmp_path / "o")
     args = [sys.executable, os.path.join(ROOT, "train.py"), "pretrain", "--out", out, "--steps", "100000",
-            "--gate_pass1", "0", "--ckpt_every", "2", "--log_every", "1", "--batch_size", "4", *TINY, *FAST]
+            "--gate_pass1", "0", "--ckpt_every", "2", "--log_every", "1", "--batch_size", "4", *TINY, *fast(["pretrain"])]
     p = subprocess.Popen(args, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1"),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in p.stdout:  # past the first checkpoint
@@ -765,7 +763,7 @@ def test_eval_prints_the_final_line_then_json_and_run_prints_no_json(base, tmp_p
     main("eval", "--init", base, "--out", str(tmp_path / "e"))
     out = capsys.readouterr().out
     assert out.startswith("final | acc ") and json.loads(out[out.index("\n{") + 1:])["step"] == 4
-    train.run(train.make_config(mode="eval", init=base, out=str(tmp_path / "d"), **FAST_SETTINGS))  # as the demo does
+    train.run(train.parse_args(["eval", "--init", base, "--out", str(tmp_path / "d"), *fast(["eval"])]))  # as the demo
     out = capsys.readouterr().out
     assert out.startswith("final | acc ") and "{" not in out
 

@@ -20,8 +20,16 @@ FAST = ["--eval_n", "4", "--passk_problems", "2", "--passk_n", "2", "--kl_n", "2
         "--log_every", "1", "--max_new_tokens", "48"]
 
 
+def fast(args, flags=FAST):
+    """flags for the command line args, less the settings its mode would refuse as unread (train.READ_BY):
+    --n_prompts for pretrain, eval and a --data file (which brings its own pool), --log_every for eval."""
+    skip = {k for k, modes in train.READ_BY.items() if args[0] not in modes} | ({"n_prompts"} if "--data" in args
+                                                                              else set())
+    return [x for i in range(0, len(flags), 2) if flags[i][2:] not in skip for x in flags[i:i + 2]]
+
+
 def run(*args):
-    return train.main(list(args) + FAST)
+    return train.main(list(args) + fast(args))
 
 
 def weights(path):
