@@ -17,6 +17,7 @@ import model as M
 import train
 from model import GPT, GPTConfig
 from test_model import left_pad, multinomial_sample  # tests/ is on sys.path under pytest
+import test_train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (GPU-only checks)")
 
@@ -181,16 +182,13 @@ def test_bf16_gft_step_gives_finite_loss_and_gradients(fast_decode):
 def test_compile_true_trains_a_few_steps(tmp_path):
     out = str(tmp_path / "compiled")
     train.main(["pretrain", "--device", "cuda", "--compile", "true", "--out", out, "--steps", "3",
-                "--batch_size", "8", "--gate_pass1", "0", "--log_every", "1", "--n_layer", "1", "--n_head", "2",
-                "--n_embd", "32", "--block_size", "96", "--max_new_tokens", "48", "--eval_n", "4",
-                "--passk_problems", "2", "--passk_n", "2", "--kl_n", "2"])
+                "--batch_size", "8", "--gate_pass1", "0", *test_train.TINY, *test_train.fast(["pretrain"])])
     rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
     losses = [r["loss"] for r in rows if "loss" in r]
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
     gft = str(tmp_path / "gft")  # rollouts: fast decode's step compiled, then captured
     train.main(["gft", "--device", "cuda", "--compile", "true", "--init", os.path.join(out, "ckpt.pt"), "--out", gft,
-                "--steps", "2", "--prompts_per_step", "4", "--log_every", "1", "--eval_n", "4", "--passk_problems", "2",
-                "--passk_n", "2", "--kl_n", "2", "--n_prompts", "32"])
+                "--steps", "2", "--prompts_per_step", "4", *test_train.fast(["gft"])])  # the CPU tests' small settings
     rows = [json.loads(l) for l in open(os.path.join(gft, "metrics.jsonl"))]
     assert [math.isfinite(r["loss"]) for r in rows if "loss" in r] == [True, True]
 
