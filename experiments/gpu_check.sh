@@ -3,7 +3,7 @@
 #
 #   bash experiments/gpu_check.sh                  # logs in $OUT if set, else out/gpu_check
 #   STAGES="info gpu_tests bench" bash experiments/gpu_check.sh   # a subset, in this order
-#   TOTAL_S=300 XDIST_N=10 bash experiments/gpu_check.sh   # less time, more workers
+#   TOTAL_S=300 XDIST_N=4 bash experiments/gpu_check.sh   # less time, other suite workers (default 3/4 of the cores)
 #   BENCH_ARGS="--quick --gpu_profile" bash experiments/gpu_check.sh   # + torch.profiler tables of decoding (~1-2 min)
 #
 # Stages, each under its own time limit, each writing <stage>.log; summary.txt gets one line each:
@@ -67,7 +67,8 @@ NANO=()
 SKIP_GPU=()  # tests/test_gpu.py already ran as its own stage: the two stages together are the whole suite
 [[ " $STAGES " == *" gpu_tests "* ]] && SKIP_GPU=(--ignore tests/test_gpu.py)
 XDIST=()
-python -c "import xdist" 2>/dev/null && XDIST=(-n "${XDIST_N:-6}")  # each DDP test has its own fixed port
+# each DDP test has its own fixed port; one thread per worker (OMP_NUM_THREADS below), so workers ~ 3/4 of the cores
+python -c "import xdist" 2>/dev/null && XDIST=(-n "${XDIST_N:-$(( $(nproc) * 3 / 4 > 1 ? $(nproc) * 3 / 4 : 1 ))}")
 TIMEOUT=()  # one hung test must not take the whole stage: every failure is listed (no -x)
 python -c "import pytest_timeout" 2>/dev/null && TIMEOUT=(--timeout 150)
 
@@ -76,7 +77,7 @@ for s in $STAGES; do
     info)      stage info 60 bash -c info ;;
     gpu_tests) stage gpu_tests 240 python -m pytest -q -x -rs tests/test_gpu.py ;;
     bench)     stage bench 420 python experiments/bench.py ${BENCH_ARGS:---quick} "${NANO[@]}" ;;
-    suite)     stage suite 600 python -m pytest -q -rf "${XDIST[@]}" "${TIMEOUT[@]}" "${SKIP_GPU[@]}" tests ;;
+    suite)     stage suite 600 env OMP_NUM_THREADS=1 python -m pytest -q -rf "${XDIST[@]}" "${TIMEOUT[@]}" "${SKIP_GPU[@]}" tests ;;
     *)         echo "unknown stage $s (info gpu_tests bench suite)"; exit 2 ;;
   esac
 done
