@@ -3,14 +3,16 @@
     python experiments/base_seeds.py --seeds 1-10 --threads 1 --jobs 2     # the gated recipe
     python experiments/base_seeds.py --seeds 1-10 --recipe fixed1500       # the old one, for comparison
     python experiments/base_seeds.py --seeds 1-3 --train_args "--base_mix 2:.25,3:.4,4:.15,5:.15,6:.05 --ood_ops 6"
+    python experiments/base_seeds.py --summary results/base_seeds/gate_cpu_t2.jsonl   # reprint a sweep's summary
 
 Each seed is a plain `python train.py pretrain --seed S ...` subprocess with OMP_NUM_THREADS set
 to --threads, --jobs at a time. Its final evaluation (held-out greedy accuracy, pass@1 at T=1
 from 16 samples of 64 problems) is read from its metrics.jsonl. Recipes:
     gate        train.py's defaults: constant lr after warm-up, stop once val pass@1 >= --gate_pass1
     fixed1500   the recipe before the gate: 1500 steps, cosine decay, no gate
-Prints one row per seed and a summary; appends each row, as its seed ends, to
---out/<recipe>_<device>_t<threads>.jsonl.
+Prints one row per seed and a summary (medians and min..max over seeds); appends each row, as its
+seed ends, to --out/<recipe>_<device>_t<threads>.jsonl. --summary FILE reprints the rows and the
+summary of such a file without training anything.
 """
 import argparse
 import json
@@ -61,6 +63,18 @@ def one_seed(seed, a):
     return row
 
 
+def summary(rows):
+    """The sweep's one-line summary: seeds in the band, and medians with min..max over seeds (the README's
+    base-model table reports these)."""
+    med = lambda k: statistics.median(r[k] for r in rows)
+    rng = lambda k, f=1.0: f"{min(r[k] for r in rows) / f:.3f}..{max(r[k] for r in rows) / f:.3f}"
+    return (f"{sum(r['in_band'] for r in rows)}/{len(rows)} seeds in the band | median greedy {med('acc_test'):.3f} "
+            f"(range {rng('acc_test')}) | median pass@1 {med('pass1'):.3f} (range {rng('pass1')}) | "
+            f"median wall {med('wall_s') / 60:.1f} min (range {min(r['wall_s'] for r in rows) / 60:.1f}.."
+            f"{max(r['wall_s'] for r in rows) / 60:.1f}) | median steps {med('steps'):.0f} "
+            f"(range {min(r['steps'] for r in rows)}..{max(r['steps'] for r in rows)})")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=seeds_arg, default=seeds_arg("1-10"), help="'1-10' or '1,4,7'")
@@ -71,7 +85,18 @@ def main():
     ap.add_argument("--train_args", default="", help="more train.py pretrain settings, e.g. '--base_mix ...'")
     ap.add_argument("--work", default=os.path.join(ROOT, "out", "base_seeds"), help="run folders")
     ap.add_argument("--out", default=os.path.join(ROOT, "results", "base_seeds"), help="where the rows go")
+    ap.add_argument("--summary", default="", metavar="FILE",
+                    help="only print the rows and summary of a finished sweep's jsonl (no training)")
     a = ap.parse_args()
+    if a.summary:
+        with open(a.summary) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        for row in rows:
+            print(f"seed {row['seed']:3d} | steps {row['steps']:5d} | {row['wall_s'] / 60:5.1f} min | greedy "
+                  f"{row['acc_test']:.3f} | pass@1 {row['pass1']:.3f} | ood {row['acc_ood']:.3f} | probe "
+                  f"{row['acc_probe']:.3f} | {'in band' if row['in_band'] else 'MISSES the band'}")
+        print(summary(rows))
+        return
     os.makedirs(a.work, exist_ok=True)
     os.makedirs(a.out, exist_ok=True)
     print(f"base_seeds: recipe {a.recipe} {a.train_args}, seeds {a.seeds}, {a.threads} thread(s) x {a.jobs} job(s) "
@@ -79,11 +104,7 @@ def main():
           f"band: held-out pass@1 in {list(BASE_BAND)}", flush=True)
     with ThreadPoolExecutor(a.jobs) as ex:
         rows = list(ex.map(lambda s: one_seed(s, a), a.seeds))
-    med = lambda k: statistics.median(r[k] for r in rows)
-    print(f"{sum(r['in_band'] for r in rows)}/{len(rows)} seeds in the band | median greedy {med('acc_test'):.3f} "
-          f"(range {min(r['acc_test'] for r in rows):.3f}..{max(r['acc_test'] for r in rows):.3f}) | median pass@1 "
-          f"{med('pass1'):.3f} (range {min(r['pass1'] for r in rows):.3f}..{max(r['pass1'] for r in rows):.3f}) | "
-          f"median wall {med('wall_s') / 60:.1f} min | median steps {med('steps'):.0f}")
+    print(summary(rows))
 
 
 if __name__ == "__main__":
