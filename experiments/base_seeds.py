@@ -57,17 +57,21 @@ def one_seed(seed, a):
                gate=fin.get("gate"), in_band=not base_band_problem(fin))
     with open(os.path.join(a.out, f"{a.recipe}_{a.device}_t{a.threads}.jsonl"), "a") as f:
         f.write(json.dumps(row) + "\n")  # one line as soon as a seed ends: an interrupted sweep keeps its rows
-    print(f"seed {seed:3d} | steps {row['steps']:5d} | {wall / 60:5.1f} min | greedy {row['acc_test']:.3f} | "
-          f"pass@1 {row['pass1']:.3f} | ood {row['acc_ood']:.3f} | probe {row['acc_probe']:.3f} | "
-          f"{'in band' if row['in_band'] else 'MISSES the band'}", flush=True)
+    print(row_line(row), flush=True)
     return row
+
+
+def row_line(row):
+    return (f"seed {row['seed']:3d} | steps {row['steps']:5d} | {row['wall_s'] / 60:5.1f} min | greedy "
+            f"{row['acc_test']:.3f} | pass@1 {row['pass1']:.3f} | ood {row['acc_ood']:.3f} | probe "
+            f"{row['acc_probe']:.3f} | {'in band' if row['in_band'] else 'MISSES the band'}")
 
 
 def summary(rows):
     """The sweep's one-line summary: seeds in the band, and medians with min..max over seeds (the README's
     base-model table reports these)."""
     med = lambda k: statistics.median(r[k] for r in rows)
-    rng = lambda k, f=1.0: f"{min(r[k] for r in rows) / f:.3f}..{max(r[k] for r in rows) / f:.3f}"
+    rng = lambda k: f"{min(r[k] for r in rows):.3f}..{max(r[k] for r in rows):.3f}"
     return (f"{sum(r['in_band'] for r in rows)}/{len(rows)} seeds in the band | median greedy {med('acc_test'):.3f} "
             f"(range {rng('acc_test')}) | median pass@1 {med('pass1'):.3f} (range {rng('pass1')}) | "
             f"median wall {med('wall_s') / 60:.1f} min (range {min(r['wall_s'] for r in rows) / 60:.1f}.."
@@ -92,9 +96,7 @@ def main():
         with open(a.summary) as f:
             rows = [json.loads(line) for line in f if line.strip()]
         for row in rows:
-            print(f"seed {row['seed']:3d} | steps {row['steps']:5d} | {row['wall_s'] / 60:5.1f} min | greedy "
-                  f"{row['acc_test']:.3f} | pass@1 {row['pass1']:.3f} | ood {row['acc_ood']:.3f} | probe "
-                  f"{row['acc_probe']:.3f} | {'in band' if row['in_band'] else 'MISSES the band'}")
+            print(row_line(row))
         print(summary(rows))
         return
     os.makedirs(a.work, exist_ok=True)
