@@ -274,6 +274,7 @@ class GPT(nn.Module):
     def _logits(self, idx, pad_mask=None, cache=None, pos=None, attn_mask=None):
         B, T = idx.size()
         if pad_mask is not None:  # left padding: positions from each row's first real token
+            self._check_pad_mask(idx, pad_mask)
             pos = (pad_mask.long().cumsum(1) - 1).clamp(min=0)  # (B, T)
             attn_mask = self._attn_mask(pad_mask, T)
             self._check_position(int(pos.max()))
@@ -307,6 +308,14 @@ class GPT(nn.Module):
             cos, sin = (t[pos][:, :, None] for t in (self.rope_cos, self.rope_sin))  # (B or 1, T, 1, hs/2)
             return torch.complex(cos, sin)
         return self.rope_cs[:, pos][:, :, :, None].to(dtype)  # (2, B or 1, T, 1, hs)
+
+    @staticmethod
+    def _check_pad_mask(idx, pad_mask):
+        """A 0/1 integer mask (Hugging Face's attention_mask) would reach scaled_dot_product_attention
+        as an additive mask and fail there, in words about attn_mask: say what pad_mask must be."""
+        if pad_mask.dtype != torch.bool or pad_mask.shape != idx.shape:
+            raise ValueError(f"pad_mask must be a bool tensor shaped like idx {tuple(idx.shape)}, True at real "
+                             f"tokens; got {pad_mask.dtype} {tuple(pad_mask.shape)}")
 
     def _check_position(self, last):
         if last >= self.config.block_size:
@@ -354,8 +363,9 @@ class GPT(nn.Module):
         """Sample continuations for a batch of (left-padded) prompts.
 
         idx (B, T) prompts, left-padded; pad_mask (B, T) bool, True at real tokens (None: no
-        padding). temperature 0 = greedy. A row stops after it emits eos_id; later slots are
-        pad_id. use_cache=False recomputes the whole prefix every step (tests, benchmarks).
+        padding; a row that ends in padding is a ValueError). temperature 0 = greedy. A row stops
+        after it emits eos_id; later slots are pad_id. use_cache=False recomputes the whole prefix
+        every step (tests, benchmarks).
         fast=True decodes with `fast_generate` (end of this file; CUDA graphs on GPU; train.py's
         rollouts use it by default on CUDA): the same tokens for the same generator.
         compile_step=True (with fast=True) compiles its one-token step first (torch.compile).
@@ -371,10 +381,17 @@ class GPT(nn.Module):
             raise ValueError("fast=True decodes with the KV cache; it cannot be combined with use_cache=False")
         if compile_step and not fast:
             raise ValueError("compile_step=True compiles fast decoding's step: it needs fast=True")
+        if idx.dim() != 2 or idx.size(1) == 0:
+            raise ValueError(f"idx must be (B, T) prompt tokens with T >= 1, got shape {tuple(idx.shape)}")
         B, T = idx.shape
         dev = idx.device
         if pad_mask is None:
             pad_mask = torch.ones(B, T, dtype=torch.bool, device=dev)
+        self._check_pad_mask(idx, pad_mask)
+        if not bool(pad_mask[:, -1].all()):  # each row continues from its last token: it must be a real one
+            rows = (~pad_mask[:, -1]).nonzero().flatten().tolist()
+            raise ValueError(f"pad_mask: rows {rows[:8]}{' ...' if len(rows) > 8 else ''} end in padding; generate "
+                             f"needs left-padded prompts with at least one real token (pad_mask[:, -1] all True)")
         longest = int(pad_mask.sum(1).max()) + max_new_tokens
         if longest > self.config.block_size:
             raise ValueError(f"prompt ({int(pad_mask.sum(1).max())} tokens) + max_new_tokens ({max_new_tokens}) "

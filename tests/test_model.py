@@ -420,13 +420,47 @@ def test_generate_longer_than_block_size_raises_naming_block_size():
         model(torch.randint(0, 256, (1, 21)))
 
 
-def test_invalid_sampling_settings_raise():
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("bad, words", [
+    (dict(temperature=-0.1), "temperature must be >= 0"),
+    (dict(top_k=0), "top_k must be >= 1 or None, got 0"),
+    (dict(idx=torch.tensor([5, 6, 7])), r"idx must be \(B, T\) prompt tokens with T >= 1, got shape \(3,\)"),
+    (dict(idx=torch.zeros(2, 0, dtype=torch.long)), r"idx must be \(B, T\).*got shape \(2, 0\)"),
+    (dict(pad_mask=torch.ones(2, 3, dtype=torch.long)), r"pad_mask must be a bool tensor shaped like idx \(2, 3\)"),
+    (dict(pad_mask=torch.ones(2, 4, dtype=torch.bool)), r"pad_mask must be a bool tensor.*got torch.bool \(2, 4\)"),
+])
+def test_invalid_generate_settings_raise_naming_the_setting(path, bad, words):
+    """A bad idx or pad_mask was a ValueError or RuntimeError from deep inside generate, in words
+    about tensor sizes or scaled_dot_product_attention's attn_mask."""
     model = random_model()
-    prompt = torch.randint(0, 256, (1, 3))
-    with pytest.raises(ValueError, match="temperature"):
-        model.generate(prompt, 2, temperature=-0.1)
-    with pytest.raises(ValueError, match="top_k"):
-        model.generate(prompt, 2, top_k=0)
+    kw = dict(idx=THREE_PROMPTS[:2], max_new_tokens=6, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=words):
+        model.generate(**{**kw, **bad}, **path)
+
+
+def test_forward_with_a_non_bool_pad_mask_raises_naming_pad_mask():
+    model = random_model()
+    idx = THREE_PROMPTS
+    with pytest.raises(ValueError, match="pad_mask must be a bool tensor"):
+        model(idx, pad_mask=torch.ones_like(idx))  # a 0/1 attention_mask, Hugging Face style
+    with pytest.raises(ValueError, match="pad_mask must be a bool tensor"):
+        model(idx, pad_mask=torch.ones(3, 2, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_prompts_that_end_in_padding_are_an_error_naming_the_rows(path):
+    """generate continues each row from its last column, so that column must be real: a right-padded
+    row continued from a pad, and an all-pad row from a pad at position 0, silently, with tokens
+    that had nothing to do with the prompt. Rows with padding only on the left are fine."""
+    model = random_model()
+    idx = THREE_PROMPTS
+    right = torch.tensor([[True, True, True], [True, True, False], [False, True, True]])  # row 1 right-padded
+    empty = torch.tensor([[True, True, True], [True, True, True], [False, False, False]])  # row 2: no prompt
+    for mask, rows in ((right, r"\[1\]"), (empty, r"\[2\]")):
+        with pytest.raises(ValueError, match=rf"pad_mask: rows {rows} end in padding"):
+            model.generate(idx, 4, temperature=0, pad_mask=mask, **path)
+    left = torch.tensor([[True, True, True], [False, True, True], [False, False, True]])
+    model.generate(idx, 4, temperature=0, pad_mask=left, **path)
 
 
 @pytest.mark.parametrize("bad, words", [
