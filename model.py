@@ -16,6 +16,7 @@ Shapes: B batch, T time, C = n_embd, nh heads, hs = C // nh head size, V vocabul
 import functools
 import importlib.util
 import math
+import numbers
 import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -375,8 +376,16 @@ class GPT(nn.Module):
         """
         if not temperature >= 0:  # NaN too
             raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+        if top_k is not None and not (isinstance(top_k, numbers.Integral) and top_k >= 1):
+            raise ValueError(f"top_k must be an int >= 1 or None, got {top_k!r}")
+        if not (isinstance(max_new_tokens, numbers.Integral) and max_new_tokens >= 0):
+            raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+        V = self.config.vocab_size  # eos_id is compared with sampled tokens; pad_id is fed back for stopped rows
+        if eos_id is not None and not (isinstance(eos_id, numbers.Integral) and 0 <= eos_id < V):
+            raise ValueError(f"eos_id must be a token id in [0, {V}) or None, got {eos_id!r} (no row could stop)")
+        if eos_id is not None and not (isinstance(pad_id, numbers.Integral) and 0 <= pad_id < V):
+            raise ValueError(f"pad_id must be a token id in [0, {V}) (rows that stopped at eos_id feed it to the "
+                             f"model), got {pad_id!r}")
         if fast and not use_cache:
             raise ValueError("fast=True decodes with the KV cache; it cannot be combined with use_cache=False")
         if compile_step and not fast:

@@ -423,15 +423,23 @@ def test_generate_longer_than_block_size_raises_naming_block_size():
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("bad, words", [
     (dict(temperature=-0.1), "temperature must be >= 0"),
-    (dict(top_k=0), "top_k must be >= 1 or None, got 0"),
+    (dict(top_k=0), r"top_k must be an int >= 1 or None, got 0"),
+    (dict(top_k=2.5), r"top_k must be an int >= 1 or None, got 2.5"),
+    (dict(max_new_tokens=-1), r"max_new_tokens must be an int >= 0, got -1"),
+    (dict(max_new_tokens=2.0), r"max_new_tokens must be an int >= 0, got 2.0"),
+    (dict(eos_id=258), r"eos_id must be a token id in \[0, 258\) or None, got 258"),  # would never stop
+    (dict(eos_id=-1), r"eos_id must be a token id in \[0, 258\)"),
+    (dict(eos_id=5, pad_id=-1), r"pad_id must be a token id in \[0, 258\).*got -1"),  # stopped rows feed it back
+    (dict(eos_id=5, pad_id=258), r"pad_id must be a token id in \[0, 258\)"),
     (dict(idx=torch.tensor([5, 6, 7])), r"idx must be \(B, T\) prompt tokens with T >= 1, got shape \(3,\)"),
     (dict(idx=torch.zeros(2, 0, dtype=torch.long)), r"idx must be \(B, T\).*got shape \(2, 0\)"),
     (dict(pad_mask=torch.ones(2, 3, dtype=torch.long)), r"pad_mask must be a bool tensor shaped like idx \(2, 3\)"),
     (dict(pad_mask=torch.ones(2, 4, dtype=torch.bool)), r"pad_mask must be a bool tensor.*got torch.bool \(2, 4\)"),
 ])
 def test_invalid_generate_settings_raise_naming_the_setting(path, bad, words):
-    """A bad idx or pad_mask was a ValueError or RuntimeError from deep inside generate, in words
-    about tensor sizes or scaled_dot_product_attention's attn_mask."""
+    """Each was a TypeError or RuntimeError from deep inside torch (torch.full, topk, the embedding,
+    scaled_dot_product_attention), an IndexError once some row stopped (pad_id), or silently accepted
+    (an eos_id no sampled token can equal)."""
     model = random_model()
     kw = dict(idx=THREE_PROMPTS[:2], max_new_tokens=6, temperature=1.0, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match=words):
