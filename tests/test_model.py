@@ -527,6 +527,51 @@ def real_rotary(x, pos):
     return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), -1).flatten(-2)
 
 
+def test_rope_tables_turn_pair_j_at_position_p_by_p_times_base_to_the_minus_2j_over_hs():
+    """The tables against rope_tables' docstring formula, in float64: every other rotary test reads
+    angles from rope_tables itself, so a wrong frequency, or none, would pass them."""
+    hs, base = 16, 10000.0
+    cos, sin = rope_tables(64, hs)
+    assert cos.shape == sin.shape == (64, hs // 2) and cos.dtype == sin.dtype == torch.float32
+    ang = torch.tensor([[p * base ** (-2 * j / hs) for j in range(hs // 2)] for p in range(64)], dtype=torch.float64)
+    torch.testing.assert_close(cos.double(), ang.cos(), rtol=0, atol=2e-5)  # float32 angles up to 63 rad
+    torch.testing.assert_close(sin.double(), ang.sin(), rtol=0, atol=2e-5)
+    model = random_model()
+    assert torch.equal(model.rope_cos, rope_tables(64, 16)[0]) and torch.equal(model.rope_sin, rope_tables(64, 16)[1])
+
+
+@FAST
+@given(st.integers(1, 3), st.integers(1, 20), st.integers(1, 40), st.integers(0, 2**31))
+def test_rotary_logits_depend_only_on_relative_positions(B, T, shift, seed):
+    """Rotary's defining property: with q and k both turned by their own position, a score depends on
+    the distance between them only, so shifting every position by the same amount leaves the logits
+    unchanged. Turning only q (absolute positions) or q and k differently passes every test that
+    compares two paths of this model with each other (padding, cache, fast decode), but not this."""
+    model = random_model()
+    idx = torch.randint(0, 258, (B, T), generator=torch.Generator().manual_seed(seed))
+    pos = torch.arange(T).unsqueeze(0)  # (1, T)
+    with torch.no_grad():
+        at_zero, shifted = model._logits(idx, pos=pos), model._logits(idx, pos=pos + shift)
+    torch.testing.assert_close(shifted, at_zero, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("rope", [True, False])
+def test_model_sees_the_order_of_earlier_tokens(rope):
+    """Without positions (rotary tables all zero, or wpe unused) causal attention sees the earlier
+    tokens as a set: swapping two of them would leave the last logits equal up to float rounding
+    (~1e-7). With positions they move by ~1e-3 even at random init."""
+    model = random_model(rope=rope)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        idx = torch.randint(0, 256, (1, 10), generator=g)
+        idx[0, 1] = (idx[0, 0] + 1) % 256  # two different tokens to swap
+        swapped = idx.clone()
+        swapped[0, [0, 1]] = idx[0, [1, 0]]
+        with torch.no_grad():
+            a, b = model(idx)[0][0, -1], model(swapped)[0][0, -1]
+        assert (a - b).abs().max() > 1e-4
+
+
 def test_float32_rotary_is_bitwise_the_real_formula_values_and_gradients():
     """The complex product that float32 uses (fast on CPU) does the real formula's arithmetic."""
     model = random_model()
