@@ -129,10 +129,11 @@ def test_model_is_causal_under_pad_mask(data):
     assert torch.allclose(a[:, :j], b[:, :j], atol=1e-6)
 
 
+@pytest.mark.parametrize("rope", [True, False])  # rotary, and learned positions (nanoGPT's)
 @FAST
 @given(st.lists(st.integers(1, 12), min_size=1, max_size=4), st.integers(0, 2**31))
-def test_left_padded_forward_equals_unpadded_forward_whatever_the_pad_tokens(lens, seed):
-    model = random_model()
+def test_left_padded_forward_equals_unpadded_forward_whatever_the_pad_tokens(rope, lens, seed):
+    model = random_model(rope=rope)
     g = torch.Generator().manual_seed(seed)
     seqs = [torch.randint(0, 256, (n,), generator=g).tolist() for n in lens]
     idx, mask = left_pad(seqs)
