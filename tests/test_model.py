@@ -389,6 +389,26 @@ def test_rows_stop_at_eos_with_lengths_and_pads_after(fitted, use_cache):
     check_stopping(ref, gen, eos, PAD, 30)
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_decoding_ends_once_every_row_has_stopped(fitted, path, monkeypatch):
+    """Rollouts are mostly short answers under a generous max_new_tokens: once every row has emitted
+    eos_id, generate stops running the model (fast decode at its next stop check), rather than
+    decoding pads to max_new_tokens. Counted in lm_head calls: the prefill, then one per step."""
+    model, _ = fitted
+    n = 4  # fast decode's stop check every 4 tokens, so that it fits in the 64-token block
+    monkeypatch.setattr(M, "STOP_CHECK_EVERY", n)
+    idx, mask = left_pad([TOK.encode(p.prompt) for p in FIT_PROBLEMS])
+    max_new = 64 - idx.size(1)
+    calls = []
+    hook = model.lm_head.register_forward_hook(lambda *_: calls.append(1))
+    gen = model.generate(idx, max_new, temperature=0, pad_mask=mask, eos_id=EOS, pad_id=PAD, **path)
+    hook.remove()
+    longest = int(gen.lengths.max())
+    expected = -(-longest // n) * n if path.get("fast") else longest  # fast: the next multiple of n
+    assert bool(gen.stopped.all()) and expected < max_new  # room to stop early
+    assert len(calls) == expected
+
+
 def test_rows_that_never_emit_eos_run_to_max_new_tokens(fitted):
     model, _ = fitted
     idx, mask = left_pad([TOK.encode(p.prompt) for p in FIT_PROBLEMS[:3]])
