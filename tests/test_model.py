@@ -5,6 +5,8 @@ near-ties. The generation tests therefore use a tiny model overfitted on eight a
 problems (the `fitted` fixture, which is also the overfitting test): its logits are well
 separated and its outputs vary from token to token, so a cache or position bug shows.
 """
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -624,6 +626,68 @@ def test_bfloat16_rotary_agrees_with_float32_within_bfloat16_rounding():
     with torch.no_grad():
         logits32, _ = model(idx)
     torch.testing.assert_close(logits16.float(), logits32, rtol=0.05, atol=0.05)
+
+
+def reference_logits(sd, idx, n_head, rope):
+    """The network written out plainly from a state dict, one layer at a time: nanoGPT's (karpathy/nanoGPT
+    model.py: pre-LayerNorm blocks, q k v in that order in c_attn, scores over sqrt(hs), exact GELU,
+    logits from the tied embedding) with learned positions added to the input, or with rotary
+    positions turning q and k (real_rotary) in place of them."""
+    B, T = idx.shape
+    C = sd["transformer.wte.weight"].size(1)
+    hs = C // n_head
+
+    def lin(x, name):
+        return F.linear(x, sd[name + ".weight"], sd.get(name + ".bias"))
+
+    def ln(x, name):
+        return F.layer_norm(x, (C,), sd[name + ".weight"], sd.get(name + ".bias"), 1e-5)
+
+    pos = torch.arange(T).expand(B, T)
+    x = sd["transformer.wte.weight"][idx] + (0 if rope else sd["transformer.wpe.weight"][pos])
+    future = torch.ones(T, T, dtype=torch.bool).triu(1)
+    n_layer = sum(k.endswith(".ln_1.weight") for k in sd)
+    for i in range(n_layer):
+        h = f"transformer.h.{i}."
+        q, k, v = (t.view(B, T, n_head, hs) for t in lin(ln(x, h + "ln_1"), h + "attn.c_attn").split(C, -1))
+        if rope:
+            q, k = real_rotary(q, pos), real_rotary(k, pos)
+        att = (q.transpose(1, 2) @ k.permute(0, 2, 3, 1)) / math.sqrt(hs)  # (B, nh, T, T)
+        y = att.masked_fill(future, float("-inf")).softmax(-1) @ v.transpose(1, 2)  # (B, nh, T, hs)
+        x = x + lin(y.transpose(1, 2).reshape(B, T, C), h + "attn.c_proj")
+        x = x + lin(F.gelu(lin(ln(x, h + "ln_2"), h + "mlp.c_fc")), h + "mlp.c_proj")
+    return F.linear(ln(x, "transformer.ln_f"), sd["transformer.wte.weight"])
+
+
+@pytest.mark.parametrize("rope", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_forward_is_the_written_out_network_and_its_weights_are_nanogpts(rope, bias):
+    """Every other forward test compares this model with itself (padding, cache, fast decode), so a
+    swapped q/k/v split, a missing 1/sqrt(hs), the tanh GELU or a LayerNorm in the wrong place
+    would pass them. Against the plain network: logits, and the state dict's names and shapes,
+    which are nanoGPT's (a nanoGPT checkpoint loads with rope=False; with rotary there is no wpe)."""
+    model = random_model(seed=3, rope=rope, bias=bias)
+    with torch.no_grad():  # weights that make attention far from uniform and every bias and gain matter
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 1.0 if "wte" in name or "wpe" in name else p.size(1) ** -0.5)
+            else:
+                p.add_(0.2 * torch.randn_like(p))
+    sd = model.state_dict()
+    C, V, L = 32, 258, 64
+    layer = {"ln_1.weight": (C,), "ln_1.bias": (C,), "attn.c_attn.weight": (3 * C, C), "attn.c_attn.bias": (3 * C,),
+             "attn.c_proj.weight": (C, C), "attn.c_proj.bias": (C,), "ln_2.weight": (C,), "ln_2.bias": (C,),
+             "mlp.c_fc.weight": (4 * C, C), "mlp.c_fc.bias": (4 * C,), "mlp.c_proj.weight": (C, 4 * C),
+             "mlp.c_proj.bias": (C,)}
+    nanogpt = {"transformer.wte.weight": (V, C), "transformer.wpe.weight": (L, C),
+               **{f"transformer.h.{i}.{k}": s for i in range(2) for k, s in layer.items()},
+               "transformer.ln_f.weight": (C,), "transformer.ln_f.bias": (C,), "lm_head.weight": (V, C)}
+    expected = {k: s for k, s in nanogpt.items() if (bias or not k.endswith(".bias")) and not (rope and "wpe" in k)}
+    assert {k: tuple(v.shape) for k, v in sd.items()} == expected
+    idx = torch.randint(0, 258, (3, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits, _ = model(idx)
+    torch.testing.assert_close(logits, reference_logits(sd, idx, 2, rope), rtol=0, atol=1e-4)
 
 
 def test_rotary_tables_are_not_in_the_checkpoint_and_an_old_state_dict_loads():
