@@ -1,7 +1,8 @@
 """A small GPT (nanoGPT-shaped) with padding-aware attention and KV-cache sampling.
 
 The surface matches nanoGPT so the two can be swapped: `GPTConfig`, `GPT(config)`,
-`forward(idx, targets=None) -> (logits, loss)`. Three additions serve fine-tuning:
+`forward(idx, targets=None) -> (logits, loss)`; with rope=False (nanoGPT's learned positions) a
+nanoGPT state_dict loads as it is and gives nanoGPT's logits. Three additions serve fine-tuning:
 
 - `forward(..., pad_mask=)`: rows may be left-padded (batched generation over prompts of
   different lengths). Positions are counted from each row's first real token, so a
