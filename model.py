@@ -1,7 +1,8 @@
 """A small GPT (nanoGPT-shaped) with padding-aware attention and KV-cache sampling.
 
 The surface matches nanoGPT so the two can be swapped: `GPTConfig`, `GPT(config)`,
-`forward(idx, targets=None) -> (logits, loss)`. Three additions serve fine-tuning:
+`forward(idx, targets=None) -> (logits, loss)`; with rope=False (nanoGPT's learned positions) a
+nanoGPT state_dict loads as it is and gives nanoGPT's logits. Three additions serve fine-tuning:
 
 - `forward(..., pad_mask=)`: rows may be left-padded (batched generation over prompts of
   different lengths). Positions are counted from each row's first real token, so a
@@ -16,6 +17,7 @@ Shapes: B batch, T time, C = n_embd, nh heads, hs = C // nh head size, V vocabul
 import functools
 import importlib.util
 import math
+import numbers
 import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -274,6 +276,7 @@ class GPT(nn.Module):
     def _logits(self, idx, pad_mask=None, cache=None, pos=None, attn_mask=None):
         B, T = idx.size()
         if pad_mask is not None:  # left padding: positions from each row's first real token
+            self._check_pad_mask(idx, pad_mask)
             pos = (pad_mask.long().cumsum(1) - 1).clamp(min=0)  # (B, T)
             attn_mask = self._attn_mask(pad_mask, T)
             self._check_position(int(pos.max()))
@@ -307,6 +310,14 @@ class GPT(nn.Module):
             cos, sin = (t[pos][:, :, None] for t in (self.rope_cos, self.rope_sin))  # (B or 1, T, 1, hs/2)
             return torch.complex(cos, sin)
         return self.rope_cs[:, pos][:, :, :, None].to(dtype)  # (2, B or 1, T, 1, hs)
+
+    @staticmethod
+    def _check_pad_mask(idx, pad_mask):
+        """A 0/1 integer mask (Hugging Face's attention_mask) would reach scaled_dot_product_attention
+        as an additive mask and fail there, in words about attn_mask: say what pad_mask must be."""
+        if pad_mask.dtype != torch.bool or pad_mask.shape != idx.shape:
+            raise ValueError(f"pad_mask must be a bool tensor shaped like idx {tuple(idx.shape)}, True at real "
+                             f"tokens; got {pad_mask.dtype} {tuple(pad_mask.shape)}")
 
     def _check_position(self, last):
         if last >= self.config.block_size:
@@ -354,8 +365,9 @@ class GPT(nn.Module):
         """Sample continuations for a batch of (left-padded) prompts.
 
         idx (B, T) prompts, left-padded; pad_mask (B, T) bool, True at real tokens (None: no
-        padding). temperature 0 = greedy. A row stops after it emits eos_id; later slots are
-        pad_id. use_cache=False recomputes the whole prefix every step (tests, benchmarks).
+        padding; a row that ends in padding is a ValueError). temperature 0 = greedy. A row stops
+        after it emits eos_id; later slots are pad_id. use_cache=False recomputes the whole prefix
+        every step (tests, benchmarks).
         fast=True decodes with `fast_generate` (end of this file; CUDA graphs on GPU; train.py's
         rollouts use it by default on CUDA): the same tokens for the same generator.
         compile_step=True (with fast=True) compiles its one-token step first (torch.compile).
@@ -365,16 +377,31 @@ class GPT(nn.Module):
         """
         if not temperature >= 0:  # NaN too
             raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+        if top_k is not None and not (isinstance(top_k, numbers.Integral) and top_k >= 1):
+            raise ValueError(f"top_k must be an int >= 1 or None, got {top_k!r}")
+        if not (isinstance(max_new_tokens, numbers.Integral) and max_new_tokens >= 0):
+            raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+        V = self.config.vocab_size  # eos_id is compared with sampled tokens; pad_id is fed back for stopped rows
+        if eos_id is not None and not (isinstance(eos_id, numbers.Integral) and 0 <= eos_id < V):
+            raise ValueError(f"eos_id must be a token id in [0, {V}) or None, got {eos_id!r} (no row could stop)")
+        if eos_id is not None and not (isinstance(pad_id, numbers.Integral) and 0 <= pad_id < V):
+            raise ValueError(f"pad_id must be a token id in [0, {V}) (rows that stopped at eos_id feed it to the "
+                             f"model), got {pad_id!r}")
         if fast and not use_cache:
             raise ValueError("fast=True decodes with the KV cache; it cannot be combined with use_cache=False")
         if compile_step and not fast:
             raise ValueError("compile_step=True compiles fast decoding's step: it needs fast=True")
+        if idx.dim() != 2 or idx.size(1) == 0:
+            raise ValueError(f"idx must be (B, T) prompt tokens with T >= 1, got shape {tuple(idx.shape)}")
         B, T = idx.shape
         dev = idx.device
         if pad_mask is None:
             pad_mask = torch.ones(B, T, dtype=torch.bool, device=dev)
+        self._check_pad_mask(idx, pad_mask)
+        if not bool(pad_mask[:, -1].all()):  # each row continues from its last token: it must be a real one
+            rows = (~pad_mask[:, -1]).nonzero().flatten().tolist()
+            raise ValueError(f"pad_mask: rows {rows[:8]}{' ...' if len(rows) > 8 else ''} end in padding; generate "
+                             f"needs left-padded prompts with at least one real token (pad_mask[:, -1] all True)")
         longest = int(pad_mask.sum(1).max()) + max_new_tokens
         if longest > self.config.block_size:
             raise ValueError(f"prompt ({int(pad_mask.sum(1).max())} tokens) + max_new_tokens ({max_new_tokens}) "

@@ -5,6 +5,8 @@ near-ties. The generation tests therefore use a tiny model overfitted on eight a
 problems (the `fitted` fixture, which is also the overfitting test): its logits are well
 separated and its outputs vary from token to token, so a cache or position bug shows.
 """
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -129,10 +131,11 @@ def test_model_is_causal_under_pad_mask(data):
     assert torch.allclose(a[:, :j], b[:, :j], atol=1e-6)
 
 
+@pytest.mark.parametrize("rope", [True, False])  # rotary, and learned positions (nanoGPT's)
 @FAST
 @given(st.lists(st.integers(1, 12), min_size=1, max_size=4), st.integers(0, 2**31))
-def test_left_padded_forward_equals_unpadded_forward_whatever_the_pad_tokens(lens, seed):
-    model = random_model()
+def test_left_padded_forward_equals_unpadded_forward_whatever_the_pad_tokens(rope, lens, seed):
+    model = random_model(rope=rope)
     g = torch.Generator().manual_seed(seed)
     seqs = [torch.randint(0, 256, (n,), generator=g).tolist() for n in lens]
     idx, mask = left_pad(seqs)
@@ -388,6 +391,26 @@ def test_rows_stop_at_eos_with_lengths_and_pads_after(fitted, use_cache):
     check_stopping(ref, gen, eos, PAD, 30)
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_decoding_ends_once_every_row_has_stopped(fitted, path, monkeypatch):
+    """Rollouts are mostly short answers under a generous max_new_tokens: once every row has emitted
+    eos_id, generate stops running the model (fast decode at its next stop check), rather than
+    decoding pads to max_new_tokens. Counted in lm_head calls: the prefill, then one per step."""
+    model, _ = fitted
+    n = 4  # fast decode's stop check every 4 tokens, so that it fits in the 64-token block
+    monkeypatch.setattr(M, "STOP_CHECK_EVERY", n)
+    idx, mask = left_pad([TOK.encode(p.prompt) for p in FIT_PROBLEMS])
+    max_new = 64 - idx.size(1)
+    calls = []
+    hook = model.lm_head.register_forward_hook(lambda *_: calls.append(1))
+    gen = model.generate(idx, max_new, temperature=0, pad_mask=mask, eos_id=EOS, pad_id=PAD, **path)
+    hook.remove()
+    longest = int(gen.lengths.max())
+    expected = -(-longest // n) * n if path.get("fast") else longest  # fast: the next multiple of n
+    assert bool(gen.stopped.all()) and expected < max_new  # room to stop early
+    assert len(calls) == expected
+
+
 def test_rows_that_never_emit_eos_run_to_max_new_tokens(fitted):
     model, _ = fitted
     idx, mask = left_pad([TOK.encode(p.prompt) for p in FIT_PROBLEMS[:3]])
@@ -420,13 +443,55 @@ def test_generate_longer_than_block_size_raises_naming_block_size():
         model(torch.randint(0, 256, (1, 21)))
 
 
-def test_invalid_sampling_settings_raise():
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("bad, words", [
+    (dict(temperature=-0.1), "temperature must be >= 0"),
+    (dict(top_k=0), r"top_k must be an int >= 1 or None, got 0"),
+    (dict(top_k=2.5), r"top_k must be an int >= 1 or None, got 2.5"),
+    (dict(max_new_tokens=-1), r"max_new_tokens must be an int >= 0, got -1"),
+    (dict(max_new_tokens=2.0), r"max_new_tokens must be an int >= 0, got 2.0"),
+    (dict(eos_id=258), r"eos_id must be a token id in \[0, 258\) or None, got 258"),  # would never stop
+    (dict(eos_id=-1), r"eos_id must be a token id in \[0, 258\)"),
+    (dict(eos_id=5, pad_id=-1), r"pad_id must be a token id in \[0, 258\).*got -1"),  # stopped rows feed it back
+    (dict(eos_id=5, pad_id=258), r"pad_id must be a token id in \[0, 258\)"),
+    (dict(idx=torch.tensor([5, 6, 7])), r"idx must be \(B, T\) prompt tokens with T >= 1, got shape \(3,\)"),
+    (dict(idx=torch.zeros(2, 0, dtype=torch.long)), r"idx must be \(B, T\).*got shape \(2, 0\)"),
+    (dict(pad_mask=torch.ones(2, 3, dtype=torch.long)), r"pad_mask must be a bool tensor shaped like idx \(2, 3\)"),
+    (dict(pad_mask=torch.ones(2, 4, dtype=torch.bool)), r"pad_mask must be a bool tensor.*got torch.bool \(2, 4\)"),
+])
+def test_invalid_generate_settings_raise_naming_the_setting(path, bad, words):
+    """Each was a TypeError or RuntimeError from deep inside torch (torch.full, topk, the embedding,
+    scaled_dot_product_attention), an IndexError once some row stopped (pad_id), or silently accepted
+    (an eos_id no sampled token can equal)."""
     model = random_model()
-    prompt = torch.randint(0, 256, (1, 3))
-    with pytest.raises(ValueError, match="temperature"):
-        model.generate(prompt, 2, temperature=-0.1)
-    with pytest.raises(ValueError, match="top_k"):
-        model.generate(prompt, 2, top_k=0)
+    kw = dict(idx=THREE_PROMPTS[:2], max_new_tokens=6, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=words):
+        model.generate(**{**kw, **bad}, **path)
+
+
+def test_forward_with_a_non_bool_pad_mask_raises_naming_pad_mask():
+    model = random_model()
+    idx = THREE_PROMPTS
+    with pytest.raises(ValueError, match="pad_mask must be a bool tensor"):
+        model(idx, pad_mask=torch.ones_like(idx))  # a 0/1 attention_mask, Hugging Face style
+    with pytest.raises(ValueError, match="pad_mask must be a bool tensor"):
+        model(idx, pad_mask=torch.ones(3, 2, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_prompts_that_end_in_padding_are_an_error_naming_the_rows(path):
+    """generate continues each row from its last column, so that column must be real: a right-padded
+    row continued from a pad, and an all-pad row from a pad at position 0, silently, with tokens
+    that had nothing to do with the prompt. Rows with padding only on the left are fine."""
+    model = random_model()
+    idx = THREE_PROMPTS
+    right = torch.tensor([[True, True, True], [True, True, False], [False, True, True]])  # row 1 right-padded
+    empty = torch.tensor([[True, True, True], [True, True, True], [False, False, False]])  # row 2: no prompt
+    for mask, rows in ((right, r"\[1\]"), (empty, r"\[2\]")):
+        with pytest.raises(ValueError, match=rf"pad_mask: rows {rows} end in padding"):
+            model.generate(idx, 4, temperature=0, pad_mask=mask, **path)
+    left = torch.tensor([[True, True, True], [False, True, True], [False, False, True]])
+    model.generate(idx, 4, temperature=0, pad_mask=left, **path)
 
 
 @pytest.mark.parametrize("bad, words", [
@@ -485,6 +550,51 @@ def real_rotary(x, pos):
     return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), -1).flatten(-2)
 
 
+def test_rope_tables_turn_pair_j_at_position_p_by_p_times_base_to_the_minus_2j_over_hs():
+    """The tables against rope_tables' docstring formula, in float64: every other rotary test reads
+    angles from rope_tables itself, so a wrong frequency, or none, would pass them."""
+    hs, base = 16, 10000.0
+    cos, sin = rope_tables(64, hs)
+    assert cos.shape == sin.shape == (64, hs // 2) and cos.dtype == sin.dtype == torch.float32
+    ang = torch.tensor([[p * base ** (-2 * j / hs) for j in range(hs // 2)] for p in range(64)], dtype=torch.float64)
+    torch.testing.assert_close(cos.double(), ang.cos(), rtol=0, atol=2e-5)  # float32 angles up to 63 rad
+    torch.testing.assert_close(sin.double(), ang.sin(), rtol=0, atol=2e-5)
+    model = random_model()
+    assert torch.equal(model.rope_cos, rope_tables(64, 16)[0]) and torch.equal(model.rope_sin, rope_tables(64, 16)[1])
+
+
+@FAST
+@given(st.integers(1, 3), st.integers(1, 20), st.integers(1, 40), st.integers(0, 2**31))
+def test_rotary_logits_depend_only_on_relative_positions(B, T, shift, seed):
+    """Rotary's defining property: with q and k both turned by their own position, a score depends on
+    the distance between them only, so shifting every position by the same amount leaves the logits
+    unchanged. Turning only q (absolute positions) or q and k differently passes every test that
+    compares two paths of this model with each other (padding, cache, fast decode), but not this."""
+    model = random_model()
+    idx = torch.randint(0, 258, (B, T), generator=torch.Generator().manual_seed(seed))
+    pos = torch.arange(T).unsqueeze(0)  # (1, T)
+    with torch.no_grad():
+        at_zero, shifted = model._logits(idx, pos=pos), model._logits(idx, pos=pos + shift)
+    torch.testing.assert_close(shifted, at_zero, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("rope", [True, False])
+def test_model_sees_the_order_of_earlier_tokens(rope):
+    """Without positions (rotary tables all zero, or wpe unused) causal attention sees the earlier
+    tokens as a set: swapping two of them would leave the last logits equal up to float rounding
+    (~1e-7). With positions they move by ~1e-3 even at random init."""
+    model = random_model(rope=rope)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        idx = torch.randint(0, 256, (1, 10), generator=g)
+        idx[0, 1] = (idx[0, 0] + 1) % 256  # two different tokens to swap
+        swapped = idx.clone()
+        swapped[0, [0, 1]] = idx[0, [1, 0]]
+        with torch.no_grad():
+            a, b = model(idx)[0][0, -1], model(swapped)[0][0, -1]
+        assert (a - b).abs().max() > 1e-4
+
+
 def test_float32_rotary_is_bitwise_the_real_formula_values_and_gradients():
     """The complex product that float32 uses (fast on CPU) does the real formula's arithmetic."""
     model = random_model()
@@ -516,6 +626,68 @@ def test_bfloat16_rotary_agrees_with_float32_within_bfloat16_rounding():
     with torch.no_grad():
         logits32, _ = model(idx)
     torch.testing.assert_close(logits16.float(), logits32, rtol=0.05, atol=0.05)
+
+
+def reference_logits(sd, idx, n_head, rope):
+    """The network written out plainly from a state dict, one layer at a time: nanoGPT's (karpathy/nanoGPT
+    model.py: pre-LayerNorm blocks, q k v in that order in c_attn, scores over sqrt(hs), exact GELU,
+    logits from the tied embedding) with learned positions added to the input, or with rotary
+    positions turning q and k (real_rotary) in place of them."""
+    B, T = idx.shape
+    C = sd["transformer.wte.weight"].size(1)
+    hs = C // n_head
+
+    def lin(x, name):
+        return F.linear(x, sd[name + ".weight"], sd.get(name + ".bias"))
+
+    def ln(x, name):
+        return F.layer_norm(x, (C,), sd[name + ".weight"], sd.get(name + ".bias"), 1e-5)
+
+    pos = torch.arange(T).expand(B, T)
+    x = sd["transformer.wte.weight"][idx] + (0 if rope else sd["transformer.wpe.weight"][pos])
+    future = torch.ones(T, T, dtype=torch.bool).triu(1)
+    n_layer = sum(k.endswith(".ln_1.weight") for k in sd)
+    for i in range(n_layer):
+        h = f"transformer.h.{i}."
+        q, k, v = (t.view(B, T, n_head, hs) for t in lin(ln(x, h + "ln_1"), h + "attn.c_attn").split(C, -1))
+        if rope:
+            q, k = real_rotary(q, pos), real_rotary(k, pos)
+        att = (q.transpose(1, 2) @ k.permute(0, 2, 3, 1)) / math.sqrt(hs)  # (B, nh, T, T)
+        y = att.masked_fill(future, float("-inf")).softmax(-1) @ v.transpose(1, 2)  # (B, nh, T, hs)
+        x = x + lin(y.transpose(1, 2).reshape(B, T, C), h + "attn.c_proj")
+        x = x + lin(F.gelu(lin(ln(x, h + "ln_2"), h + "mlp.c_fc")), h + "mlp.c_proj")
+    return F.linear(ln(x, "transformer.ln_f"), sd["transformer.wte.weight"])
+
+
+@pytest.mark.parametrize("rope", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_forward_is_the_written_out_network_and_its_weights_are_nanogpts(rope, bias):
+    """Every other forward test compares this model with itself (padding, cache, fast decode), so a
+    swapped q/k/v split, a missing 1/sqrt(hs), the tanh GELU or a LayerNorm in the wrong place
+    would pass them. Against the plain network: logits, and the state dict's names and shapes,
+    which are nanoGPT's (a nanoGPT checkpoint loads with rope=False; with rotary there is no wpe)."""
+    model = random_model(seed=3, rope=rope, bias=bias)
+    with torch.no_grad():  # weights that make attention far from uniform and every bias and gain matter
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 1.0 if "wte" in name or "wpe" in name else p.size(1) ** -0.5)
+            else:
+                p.add_(0.2 * torch.randn_like(p))
+    sd = model.state_dict()
+    C, V, L = 32, 258, 64
+    layer = {"ln_1.weight": (C,), "ln_1.bias": (C,), "attn.c_attn.weight": (3 * C, C), "attn.c_attn.bias": (3 * C,),
+             "attn.c_proj.weight": (C, C), "attn.c_proj.bias": (C,), "ln_2.weight": (C,), "ln_2.bias": (C,),
+             "mlp.c_fc.weight": (4 * C, C), "mlp.c_fc.bias": (4 * C,), "mlp.c_proj.weight": (C, 4 * C),
+             "mlp.c_proj.bias": (C,)}
+    nanogpt = {"transformer.wte.weight": (V, C), "transformer.wpe.weight": (L, C),
+               **{f"transformer.h.{i}.{k}": s for i in range(2) for k, s in layer.items()},
+               "transformer.ln_f.weight": (C,), "transformer.ln_f.bias": (C,), "lm_head.weight": (V, C)}
+    expected = {k: s for k, s in nanogpt.items() if (bias or not k.endswith(".bias")) and not (rope and "wpe" in k)}
+    assert {k: tuple(v.shape) for k, v in sd.items()} == expected
+    idx = torch.randint(0, 258, (3, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits, _ = model(idx)
+    torch.testing.assert_close(logits, reference_logits(sd, idx, 2, rope), rtol=0, atol=1e-4)
 
 
 def test_rotary_tables_are_not_in_the_checkpoint_and_an_old_state_dict_loads():
