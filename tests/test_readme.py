@@ -91,6 +91,21 @@ def test_every_test_reference_exists():
     assert not missing, "the docs cite tests that do not exist:\n  " + "\n  ".join(missing)
 
 
+def test_every_test_the_reliability_catalogue_names_exists():
+    """tests/test_reliability.py opens with a catalogue of bad inputs and the tests that check each:
+    every test it names (test_..., not a file test_....py; test_x_... a prefix) is defined under tests/."""
+    with open(os.path.join(ROOT, "tests", "test_reliability.py"), encoding="utf-8") as f:
+        catalogue = ast.get_docstring(ast.parse(f.read()))
+    named = set(re.findall(r"\b(test_\w+)\b(?!\.py)", catalogue))
+    assert len(named) >= 40, f"expected the catalogue to name its tests, found {sorted(named)}"
+    defined = set()
+    for path in glob.glob(os.path.join(ROOT, "tests", "*.py")):
+        with open(path, encoding="utf-8") as f:
+            defined |= {n.name for n in ast.parse(f.read()).body if isinstance(n, ast.FunctionDef)}
+    missing = [n for n in named - defined if not (n.endswith("_") and any(d.startswith(n) for d in defined))]
+    assert not missing, f"the catalogue names tests that do not exist: {sorted(missing)}"  # test_x_...: a prefix
+
+
 def test_every_cited_repository_file_exists():
     """A path with a folder (`experiments/bench.py`, `data/example.jsonl`) or a top-level core file."""
     cited = {p for p in PATH_REF.findall(ALL) if "/" in p or os.path.exists(os.path.join(ROOT, p))}

@@ -34,7 +34,7 @@ names the problem. "here" = this file; the others are tests that existed before 
 | --resume and --overwrite together | ValueError | here: ...[resume and overwrite] |
 | --eval_split val with --data (which has no val split) | ValueError | here: ...[eval_split val with data] |
 | --data given to pretrain (which writes its own sums); --n_prompts / --teacher_error with --data (which brings its own) | ValueError | here: ...[pretrain with data], [n_prompts with data], [teacher_error with data] |
-| a setting the mode does not read (sft --tau, gft --kl_beta, eval --lr, eval --compile, sft --fast_decode, pretrain --n_prompts, the demo given anything but its own) | ValueError | here: test_setting_is_an_error_in_a_mode_that_does_not_read_it (every READ_BY setting x 7 modes); that those modes indeed ignore them, and that the modes said to read a step's setting are changed by it: test_settings_a_mode_does_not_read_leave_its_step_unchanged, test_settings_a_mode_reads_change_its_step |
+| a setting the mode does not read (sft --tau, gft --kl_beta, eval --lr, eval --compile, sft --fast_decode, pretrain --n_prompts, the demo given anything but its own) | ValueError | here: test_setting_is_an_error_in_a_mode_that_does_not_read_it (every READ_BY setting x 7 modes); that those modes indeed ignore them, and that the modes said to read a step's setting are changed by it: test_settings_a_mode_does_not_read_leave_its_step_unchanged, test_settings_a_mode_reads_change_its_loss |
 | a pool smaller than a step's draw; --warmup >= --steps | (stderr warning) | here: test_settings_that_run_but_may_mislead_are_warned_about |
 | unknown setting name | SystemExit | test_train.py::test_unknown_setting_is_an_error_naming_it |
 | abbreviated setting name (--ta for --tau) | SystemExit | here: test_unknown_or_stray_argument_is_an_error_naming_it[abbreviation] |
@@ -83,8 +83,9 @@ names the problem. "here" = this file; the others are tests that existed before 
 | mask holding other values (2, -1, NaN) | ValueError | test_gft.py::...[mask must be bool or hold only 0/1]; here: ...[mask -1], [mask NaN] |
 | **generation** | | |
 | NaN / +inf logits, or a row all -inf, from the first token or a later one (eager cache, recompute, fast decode; greedy or sampled) | ValueError | test_model.py::test_generate_with_nonfinite_logits_raises_naming_the_rows (36 cases); -inf entries stay valid: test_minus_inf_logits_are_valid_and_never_sampled |
-| temperature below 0 or NaN; a temperature so small that logits / temperature overflow | ValueError | test_model.py::test_invalid_sampling_settings_raise, test_nan_or_vanishing_temperature_is_an_error |
-| top_k below 1, prompt + max_new_tokens beyond the block | ValueError | test_model.py::test_invalid_sampling_settings_raise, test_generate_longer_than_block_size_raises_naming_block_size |
+| temperature below 0 or NaN; a temperature so small that logits / temperature overflow | ValueError | test_model.py::test_invalid_generate_settings_raise_naming_the_setting, test_nan_or_vanishing_temperature_is_an_error |
+| top_k below 1 or not an int, max_new_tokens below 0 or not an int, eos_id / pad_id outside the vocabulary, idx not (B, T); prompt + max_new_tokens beyond the block | ValueError | test_model.py::test_invalid_generate_settings_raise_naming_the_setting, test_generate_longer_than_block_size_raises_naming_block_size |
+| prompt rows that end in padding (right-padded or empty); a pad_mask that is not bool or not idx's shape | ValueError | test_model.py::test_prompts_that_end_in_padding_are_an_error_naming_the_rows, test_forward_with_a_non_bool_pad_mask_raises_naming_pad_mask |
 | **checkpoints** | | |
 | missing file (load, and --init on the CLI) | FileNotFoundError | here: test_missing_checkpoint_is_an_error_naming_it |
 | a folder given as the checkpoint (--init out/base) | ValueError | here: test_checkpoint_path_that_is_a_folder_is_an_error_saying_so |
