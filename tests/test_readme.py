@@ -177,6 +177,21 @@ def _ci_test_command():
     return re.sub(r"^python3 ", "python ", lines[0])  # python3 and python are the same interpreter
 
 
+def test_demo_output_in_readme_is_the_committed_log():
+    """The README's demo block is results/demo.log (a fresh clone's `python train.py`), cut at "...":
+    its lines appear there verbatim and in order, so the table cannot drift from a measured run."""
+    section = README[README.index("## The demo's output"):]
+    block = section.split("```")[1].strip("\n").splitlines()
+    with open(os.path.join(ROOT, "results", "demo.log"), encoding="utf-8") as f:
+        log = f.read().splitlines()
+    shown = [line for line in block if line != "..."]
+    assert len(shown) >= 8 and any(line.startswith("| gft |") for line in shown)
+    at = 0
+    for line in shown:
+        assert line in log[at:], f"README's demo line is not in results/demo.log (after line {at}): {line!r}"
+        at = log.index(line, at) + 1
+
+
 def test_setup_commands_are_the_main_job_and_the_ci_test_command():
     blocks = [b.strip() for b in re.findall(r"^```[^\n]*\n(.*?)^```", README, re.M | re.S)]
     assert "pip install -r requirements.txt && python train.py" in blocks

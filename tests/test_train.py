@@ -23,8 +23,9 @@ FAST = ["--eval_n", "4", "--passk_problems", "2", "--passk_n", "2", "--kl_n", "2
 def fast(args, flags=FAST):
     """flags for the command line args, less the settings its mode would refuse as unread (train.READ_BY):
     --n_prompts for pretrain, eval and a --data file (which brings its own pool), --log_every for eval."""
-    skip = {k for k, modes in train.READ_BY.items() if args[0] not in modes} | ({"n_prompts"} if "--data" in args
-                                                                              else set())
+    skip = {k for k, modes in train.READ_BY.items() if args[0] not in modes}
+    if "--data" in args:
+        skip.add("n_prompts")
     return [x for i in range(0, len(flags), 2) if flags[i][2:] not in skip for x in flags[i:i + 2]]
 
 
