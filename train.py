@@ -64,7 +64,7 @@ class Config:
     fast_decode: bool = opt(None,  # None (unset): decided by the device in sample_rollouts
                             "rollouts by GPT.generate(fast=True): fixed-shape KV-cache steps, a CUDA graph "
                             "on GPU, a stop check every 16 tokens; eager's tokens on CPU (tested); unset: on for "
-                            "CUDA (5x the eager cache's tokens/s on an H200), off for CPU (no faster there)")
+                            "CUDA (4.5x and 6.2x the eager cache's tokens/s on an H200), off for CPU (no faster there)")
     # model: unset (None) = model.GPTConfig's default for pretrain, the --init checkpoint's otherwise;
     # a value given with --init must agree with the checkpoint's
     n_layer: int = opt(None, "transformer blocks", lo=1, hi=64)
@@ -95,7 +95,7 @@ class Config:
     steps: int = opt(0, "optimiser steps; 0 = the mode's default (MODE_DEFAULTS)", lo=0)
     batch_size: int = opt(32, "sequences per step for pretrain / sft / dft", lo=1)
     lr: float = opt(0.0, "peak learning rate; 0 = the mode's default (MODE_DEFAULTS)", lo=0.0, hi=1.0)
-    warmup: int = opt(-1, "linear warm-up steps, then cosine decay to lr * min_lr_ratio; -1 = mode default", lo=-1)
+    warmup: int = opt(-1, "linear warm-up steps, then --schedule; -1 = mode default", lo=-1)
     min_lr_ratio: float = opt(0.1, "final lr / peak lr", lo=0.0, hi=1.0)
     schedule: str = opt("", "lr after warm-up: cosine (decay to lr * min_lr_ratio at --steps) or constant; "
                         "'' = the mode's default", choices=("", "cosine", "constant"))
@@ -114,7 +114,7 @@ class Config:
     tau: float = opt(0.7, "DCR threshold; 0.7 is a reported sweep peak not checked against the paper, the official "
                           "scripts use 0.1 and 0.5: sweep it (0 = no DCR, 1 = DFT-like)", lo=0.0, hi=1.0)
     temperature: float = opt(1.0, "rollout sampling temperature (0 = greedy)", lo=0.0, hi=10.0)
-    max_new_tokens: int = opt(64, "longest rollout; the 5-operand expert is 50 tokens", lo=1)
+    max_new_tokens: int = opt(64, "longest rollout; the longest 5-operand expert is 51 tokens + end of text", lo=1)
     adv_scale: bool = opt(True, "divide advantages by the group std (False: Dr. GRPO, mean only)")
     agg: str = opt("token-mean", "loss aggregation", choices=gft.AGGS)
     kl_beta: float = opt(0.0, "grpo: weight of the k3 KL to the --init model", lo=0.0, hi=100.0)
@@ -672,7 +672,8 @@ def kl_to_base(model, base, tok, groups):
 @torch.no_grad()
 def base_sample_groups(base, tok, problems, max_new_tokens):
     """One response per problem sampled from the base at T=1 with a fixed generator, so every run
-    from this base gets the same contexts: KL's contexts as the official code takes them."""
+    from this base gets the same contexts (the official code logs KL on fixed prompts; how it picks the responses
+    is not in our notes)."""
     gen = torch_gen(0, 0, "kl", next(base.parameters()).device)
     outs, _ = sample(base, tok, [p.prompt for p in problems], 1, 1.0, max_new_tokens, gen)
     return [gft.Group(tok.encode(p.prompt), [gft.Response(o, "rollout")]) for p, o in zip(problems, outs)]
@@ -982,9 +983,20 @@ def resume(cfg, s):
               f"(non-embedding), lr {cfg.lr:g}, out {cfg.out}")
 
 
+def kl_reference(cfg, s):
+    """grpo's KL anchor (None without --kl_beta): the --init model as loaded, frozen, as verl's reference policy
+    is the actor's starting weights. From a pretrained base that is s.base; after sft or gft it is that run's
+    result, while s.base stays the original base, whose drift kl_base measures."""
+    if cfg.mode != "grpo" or cfg.kl_beta == 0:
+        return None
+    if not s.init.get("base"):  # --init is a base: s.base holds its weights already
+        return s.base
+    return model_from_checkpoint(s.init, cfg.init).to(s.device).eval().requires_grad_(False)
+
+
 def loop(cfg, s):
     """Steps s.start .. --steps: train, log, check the gate, checkpoint; stop early when the gate is met."""
-    ref_model = s.base if cfg.mode == "grpo" and cfg.kl_beta > 0 else None
+    ref_model = kl_reference(cfg, s)
     gate_probs = D.make_split("val", cfg.gate_n, seed=0) if cfg.mode == "pretrain" and cfg.gate_pass1 > 0 else None
     s.model.train()
     t_last, tok_count, logged = time.time(), 0, s.start

@@ -323,6 +323,24 @@ def test_settings_a_mode_reads_change_its_loss(mode, monkeypatch):
         assert step(dataclasses.replace(cfg, **{k: 0.0 if k == "tau" else OTHER_VALUE[k]}))[0] != loss, k
 
 
+@pytest.mark.parametrize("init", ["base", "gft"])
+def test_grpo_kl_anchor_is_the_init_model_also_after_fine_tuning(init, base, gft_full, tmp_path, monkeypatch):
+    """grpo --kl_beta penalises drift from --init (README, --help, verl's reference policy). After gft,
+    --init's checkpoint also carries the pretrained base, which kl_base measures drift from: the
+    penalty used to anchor to that base instead."""
+    path = base if init == "base" else os.path.join(gft_full, "ckpt.pt")
+    refs = []
+
+    def spy(model, logprob_fn, tok, cfg, step, pool, ref_model, *rest):
+        refs.append({k: v.clone() for k, v in ref_model.state_dict().items()})
+        return real_train_step(model, logprob_fn, tok, cfg, step, pool, ref_model, *rest)
+    monkeypatch.setattr(train, "train_step", spy)
+    main("grpo", "--init", path, "--kl_beta", "0.1", "--steps", "1", "--prompts_per_step", "2", "--n_rollout", "2",
+         "--out", str(tmp_path / "g"))
+    assert len(refs) == 1 and same_weights(refs[0], train.load_checkpoint(path)["model"])
+    assert not same_weights(train.load_checkpoint(base)["model"], ckpt(gft_full)["model"])  # the two can be told apart
+
+
 def test_settings_that_run_but_may_mislead_are_warned_about(base, tmp_path, capsys):
     path = os.path.join(ROOT, "data", "example.jsonl")  # 50 records: 45 in the pool
     main("sft", "--init", base, "--data", path, "--batch_size", "64", "--steps", "2", "--out", str(tmp_path / "o"))
