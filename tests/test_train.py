@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 import data as D
 import train
@@ -361,3 +362,43 @@ def test_expert_logprob_is_the_mean_over_expert_tokens_one_sequence_at_a_time(ba
             total += float(logp[t - 1, seq[0, t]])
             n += 1
     assert train.expert_logprob(model, tok, probs) == pytest.approx(total / n, abs=1e-5)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.integers(0, 40), st.integers(1, 120), st.floats(0.0, 1.0), st.sampled_from(["cosine", "constant"]))
+def test_lr_warms_up_linearly_to_the_peak_then_holds_or_follows_a_half_cosine_to_the_floor_at_steps(
+        warmup, steps, ratio, schedule):
+    lr = 1e-3
+    cfg = train.make_config(mode="pretrain", steps=steps, lr=lr, warmup=warmup, min_lr_ratio=ratio, schedule=schedule)
+    at = [train.lr_at(s, cfg) for s in range(max(steps, warmup) + 1)]
+    for s in range(warmup):  # step s (0-based) trains at (s + 1) / warmup of the peak: never 0, the peak at its end
+        assert at[s] == pytest.approx(lr * (s + 1) / warmup, rel=1e-12)
+    after, floor = at[warmup:], lr * ratio
+    if schedule == "constant":
+        assert all(x == lr for x in after)
+        return
+    assert after[0] == pytest.approx(lr, rel=1e-12)  # the peak right after warm-up
+    if steps > warmup:
+        n = steps - warmup  # after[n]: step --steps, where the cosine reaches the floor
+        assert after[n] == pytest.approx(floor, rel=1e-9, abs=1e-15)
+        assert all(a >= b - 1e-15 for a, b in zip(after, after[1:n + 1]))  # never rises
+        for d in range(n + 1):  # half a cosine: point-symmetric about its midpoint
+            assert after[d] + after[n - d] == pytest.approx(lr + floor, rel=1e-9)
+        if n % 2 == 0:
+            assert after[n // 2] == pytest.approx((lr + floor) / 2, rel=1e-9)
+
+
+def test_each_step_trains_at_the_schedule_s_lr_for_that_step_and_logs_it(base, tmp_path, monkeypatch):
+    used, real_update = [], train.update
+    monkeypatch.setattr(train, "update", lambda cfg, s, step, loss: used.append(
+        (step, [g["lr"] for g in s.optim.param_groups])) or real_update(cfg, s, step, loss))
+    out = str(tmp_path / "lr")
+    run("sft", "--init", base, "--out", out, "--steps", "4", "--batch_size", "4", "--lr", "1e-3", "--warmup", "2",
+        "--min_lr_ratio", "0.2")
+    want = [5e-4, 1e-3, 1e-3, 1e-3 * (0.2 + 0.8 * 0.5)]  # warm-up 1/2, 2/2; cosine at t = 0 and t = 1/2
+    assert [s for s, _ in used] == [0, 1, 2, 3]
+    for (_, lrs), w in zip(used, want):
+        assert lrs == [pytest.approx(w, rel=1e-12)] * 2  # both parameter groups (decayed and not)
+    logged = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
+    assert [r["lr"] for r in logged if "lr" in r] == pytest.approx(want, rel=1e-12)
+
