@@ -402,3 +402,29 @@ def test_each_step_trains_at_the_schedule_s_lr_for_that_step_and_logs_it(base, t
     logged = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
     assert [r["lr"] for r in logged if "lr" in r] == pytest.approx(want, rel=1e-12)
 
+
+def by_hand(model, tok, rows):
+    """Each (prompt, response) token list alone through the model: the response tokens' log-probs
+    after their prefix, and the entropies of the distributions they were drawn from (float64)."""
+    lps, ents = [], []
+    for prompt, resp in rows:
+        seq = torch.tensor([prompt + resp])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(seq[:, :-1])[0][0].double(), -1)
+        for t in range(len(prompt), seq.size(1)):
+            lps.append(float(logp[t - 1, seq[0, t]]))
+            ents.append(float(-(logp[t - 1].exp() * logp[t - 1]).sum()))
+    return lps, ents
+
+
+def test_sft_step_loss_and_entropy_are_means_over_the_response_tokens_one_sequence_at_a_time(base):
+    model = train.model_from_checkpoint(train.load_checkpoint(base)).eval()
+    tok = D.Tokenizer()
+    probs = D.make_split("train", 4, seed=5, cfg=D.TaskConfig(expert_style="tree"))
+    cfg = train.make_config(mode="sft", init=base)
+    loss, m = train.step_loss(train.LogProbs(model), tok, cfg, train.expert_groups(tok, probs, 1.0), {}, None, 1,
+                              torch.device("cpu"))
+    lps, ents = by_hand(model, tok, [(tok.encode(p.prompt), tok.encode(p.expert) + [tok.eos_id]) for p in probs])
+    assert m["resp_tokens"] == len(lps)  # every solution token and its end of text, nothing of the prompt
+    assert loss.item() == pytest.approx(-sum(lps) / len(lps), abs=1e-5)
+    assert m["entropy"] == pytest.approx(sum(ents) / len(ents), abs=1e-5)
