@@ -428,3 +428,45 @@ def test_sft_step_loss_and_entropy_are_means_over_the_response_tokens_one_sequen
     assert m["resp_tokens"] == len(lps)  # every solution token and its end of text, nothing of the prompt
     assert loss.item() == pytest.approx(-sum(lps) / len(lps), abs=1e-5)
     assert m["entropy"] == pytest.approx(sum(ents) / len(ents), abs=1e-5)
+
+
+def test_evaluate_reports_accuracy_pass_at_k_strict_paths_and_entropy_of_the_completions_it_drew(base, monkeypatch):
+    """evaluate on scripted completions (sample replaced), each figure against its count by hand."""
+    model = train.model_from_checkpoint(train.load_checkpoint(base)).eval()
+    tok = D.Tokenizer()
+    cfg = train.make_config(mode="gft", init=base, eval_n=4, passk_problems=3, passk_n=4, kl_n=2, max_new_tokens=48,
+                            temperature=0.5)  # a training temperature: pass@k still samples at 1
+    splits = train.load_problems(cfg, tok, 96)
+    a, b, c = splits["passk"]
+    rev = lambda p: D.running_sum(p.operands[::-1])  # another correct path
+    S = int(b.answer)
+    script = {a.prompt: [a.expert, rev(a), rev(a), D.tree_sum(a.operands)],  # 4 right, 3 distinct paths
+              b.prompt: [b.expert, f"{S - 1}+1={S};#### {S}",  # right answer by a wrong trace: verify 1, strict 0
+                         f"#### {S + 1}", rev(b).replace(f"#### {S}", f"#### {S + 10}")],  # 2 wrong
+              c.prompt: [f"#### {int(c.answer) + 1}"] * 4}  # none right
+    assert len({D.solution_path(x) for x in script[a.prompt]}) == 3
+    calls = []
+
+    def scripted(model, tok_, prompts, n, temperature, *args, **kw):
+        calls.append((n, temperature))
+        if temperature == 0.0:  # greedy: every 4th problem of each split wrong, the others right
+            texts = [p.expert if j % 4 != 3 else "#### -1" for j, p in enumerate(problems_of[tuple(prompts)])]
+        else:
+            texts = [t for q in prompts for t in script[q]]
+        return [tok.encode(t) + [tok.eos_id] for t in texts], [True] * len(texts)
+    problems_of = {tuple(p.prompt for p in splits[s]): splits[s] for s in ("test", "ood", "probe", "easy")}
+    monkeypatch.setattr(train, "sample", scripted)
+    r = train.evaluate(model, tok, splits, cfg)
+    assert calls == [(1, 0.0)] * 4 + [(4, 1.0)]  # greedy test, ood, probe, easy; then pass@k's samples at T = 1
+    assert [r[f"acc_{s}"] for s in ("test", "ood", "probe", "easy")] == [0.75] * 4
+    assert [(f["prompt"], f["completion"]) for f in r["failures"]] == [(splits["test"][3].prompt, "#### -1")]
+    # pass@k per problem from n = 4 samples with c = 4, 2, 0 right: 1 - C(4 - c, k) / C(4, k)
+    assert sorted(k for k in r if k.startswith("pass@") and k[5:].isdigit()) == ["pass@1", "pass@2", "pass@4"]
+    assert r["pass@1"] == pytest.approx((1 + 2 / 4 + 0) / 3)
+    assert r["pass@2"] == pytest.approx((1 + (1 - 1 / 6) + 0) / 3)
+    assert r["pass@4"] == pytest.approx((1 + 1 + 0) / 3)
+    assert r["pass@1_strict"] == pytest.approx((4 + 1 + 0) / 12)  # the wrong trace does not count
+    assert r["paths"] == pytest.approx((3 + 1) / 2)  # distinct right traces, over the problems with one
+    rows = [(tok.encode(p.prompt), tok.encode(t) + [tok.eos_id]) for p in (a, b, c) for t in script[p.prompt]]
+    _, ents = by_hand(model, tok, rows)
+    assert r["entropy"] == pytest.approx(sum(ents) / len(ents), abs=1e-5)
