@@ -470,3 +470,27 @@ def test_evaluate_reports_accuracy_pass_at_k_strict_paths_and_entropy_of_the_com
     rows = [(tok.encode(p.prompt), tok.encode(t) + [tok.eos_id]) for p in (a, b, c) for t in script[p.prompt]]
     _, ents = by_hand(model, tok, rows)
     assert r["entropy"] == pytest.approx(sum(ents) / len(ents), abs=1e-5)
+
+
+
+@pytest.mark.parametrize("n_expert,n_teacher", [(1, 3), (2, 1), (0, 0)])
+def test_build_groups_gives_each_problem_its_experts_teachers_and_own_rollouts_scored_against_its_answer(
+        n_expert, n_teacher):
+    tok = D.Tokenizer()
+    cfg = train.make_config(mode="gft", init="x.pt", teacher_error=0.5)
+    probs = D.make_split("train", 3, seed=2)
+    texts = [t for p in probs for t in (p.expert, f"#### {int(p.answer) + 1}")]  # problem-major: right, then wrong
+    rollouts = ([tok.encode(t) + [tok.eos_id] for t in texts], [True, False, True, True, True, False])
+    groups, info = train.build_groups(tok, probs, cfg, 7, n_expert, n_teacher, rollouts)
+    assert info["frac_cut"] == pytest.approx(2 / 6)  # rows cut at max_new_tokens
+    rng = train.step_rng(cfg.seed, 7, "teacher")  # this step's teachers, problem by problem
+    teachers = [D.teacher_solutions(p, n_teacher, rng, 0.5) for p in probs]
+    for g, p, ts, own in zip(groups, probs, teachers, [texts[i:i + 2] for i in range(0, 6, 2)]):
+        assert g.prompt == tok.encode(p.prompt)
+        want = [("expert", p.expert)] * n_expert + [("teacher", t) for t in ts] + [("rollout", t) for t in own]
+        assert [(r.source, r.tokens) for r in g.responses] == [(s, tok.encode(t) + [tok.eos_id]) for s, t in want]
+        assert [r.reward for r in g.responses] == [D.verify(t, p.answer) for _, t in want]
+        assert [r.reward for r in g.responses if r.source == "rollout"] == [1.0, 0.0]
+    if n_teacher:
+        again = [g.responses for g in train.build_groups(tok, probs, cfg, 8, n_expert, n_teacher, rollouts)[0]]
+        assert again != [g.responses for g in groups]  # another step, other teachers
