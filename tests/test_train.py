@@ -1,5 +1,6 @@
 """The pipeline: every mode runs, SFT is GFT's limiting case step for step, resume is exact,
 settings are checked, pass@k is unbiased, and two DDP processes match one."""
+import dataclasses
 import itertools
 import json
 import math
@@ -494,3 +495,15 @@ def test_build_groups_gives_each_problem_its_experts_teachers_and_own_rollouts_s
     if n_teacher:
         again = [g.responses for g in train.build_groups(tok, probs, cfg, 8, n_expert, n_teacher, rollouts)[0]]
         assert again != [g.responses for g in groups]  # another step, other teachers
+
+
+def test_rollouts_are_a_function_of_seed_and_step_alone(base):
+    model = train.model_from_checkpoint(train.load_checkpoint(base)).eval()
+    tok = D.Tokenizer()
+    probs = D.make_split("train", 2, seed=0)
+    cfg = train.make_config(mode="gft", init=base, max_new_tokens=48)
+    draws = {(seed, step): train.sample_rollouts(model, tok, probs, dataclasses.replace(cfg, seed=seed), step, 4)[0]
+             for seed, step in [(1, 0), (1, 1), (2, 0)]}
+    assert draws[1, 0] == train.sample_rollouts(model, tok, probs, dataclasses.replace(cfg, seed=1), 0, 4)[0]
+    assert draws[1, 0] != draws[1, 1] and draws[1, 0] != draws[2, 0]  # a step or a seed of its own: other samples
+
