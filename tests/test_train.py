@@ -507,3 +507,25 @@ def test_rollouts_are_a_function_of_seed_and_step_alone(base):
     assert draws[1, 0] == train.sample_rollouts(model, tok, probs, dataclasses.replace(cfg, seed=1), 0, 4)[0]
     assert draws[1, 0] != draws[1, 1] and draws[1, 0] != draws[2, 0]  # a step or a seed of its own: other samples
 
+
+
+def test_kl_to_base_is_the_forward_kl_per_response_token_one_sequence_at_a_time(base):
+    ck = train.load_checkpoint(base)
+    base_model, model = train.model_from_checkpoint(ck).eval(), train.model_from_checkpoint(ck).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a model that has moved from the base
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+    tok = D.Tokenizer()
+    probs = D.make_split("test", 3, seed=0) + D.make_split("probe", 2, seed=0)  # of different lengths: padded rows
+    total, n = 0.0, 0
+    for p in probs:
+        seq = torch.tensor([tok.encode(p.prompt) + tok.encode(p.expert) + [tok.eos_id]])
+        with torch.no_grad():
+            lq = torch.log_softmax(model(seq[:, :-1])[0][0].double(), -1)
+            lb = torch.log_softmax(base_model(seq[:, :-1])[0][0].double(), -1)
+        for t in range(len(tok.encode(p.prompt)), seq.size(1)):  # the distributions over each response token
+            total += float((lb[t - 1].exp() * (lb[t - 1] - lq[t - 1])).sum())
+            n += 1
+    kl = train.kl_to_base(model, base_model, tok, train.expert_groups(tok, probs))
+    assert kl == pytest.approx(total / n, rel=1e-4) and kl > 0
