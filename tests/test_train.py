@@ -508,7 +508,6 @@ def test_rollouts_are_a_function_of_seed_and_step_alone(base):
     assert draws[1, 0] != draws[1, 1] and draws[1, 0] != draws[2, 0]  # a step or a seed of its own: other samples
 
 
-
 def test_kl_to_base_is_the_forward_kl_per_response_token_one_sequence_at_a_time(base):
     ck = train.load_checkpoint(base)
     base_model, model = train.model_from_checkpoint(ck).eval(), train.model_from_checkpoint(ck).eval()
@@ -529,3 +528,19 @@ def test_kl_to_base_is_the_forward_kl_per_response_token_one_sequence_at_a_time(
             n += 1
     kl = train.kl_to_base(model, base_model, tok, train.expert_groups(tok, probs))
     assert kl == pytest.approx(total / n, rel=1e-4) and kl > 0
+
+
+@settings(max_examples=50, deadline=None, derandomize=True)
+@given(st.integers(1, 40), st.integers(1, 60), st.integers(1, 4), st.integers(0, 10 ** 6))
+def test_draw_takes_distinct_prompts_anew_each_step_and_splits_them_between_ranks(pool_size, n, world, seed):
+    pool = list(range(pool_size))
+    steps = [train.draw(pool, n, seed, step, 0, 1) for step in range(6)]
+    for chosen in steps:
+        assert len(chosen) == n and set(chosen) <= set(pool)
+        if n <= pool_size:
+            assert len(set(chosen)) == n  # without replacement while the pool allows
+    if n < pool_size:
+        assert len({tuple(c) for c in steps}) > 1  # each step draws anew
+    for step, chosen in enumerate(steps):  # the ranks' shares interleave back into the single process's draw
+        shares = [train.draw(pool, n, seed, step, r, world) for r in range(world)]
+        assert [shares[i % world][i // world] for i in range(n)] == chosen
