@@ -6,6 +6,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 
@@ -544,3 +545,39 @@ def test_draw_takes_distinct_prompts_anew_each_step_and_splits_them_between_rank
     for step, chosen in enumerate(steps):  # the ranks' shares interleave back into the single process's draw
         shares = [train.draw(pool, n, seed, step, r, world) for r in range(world)]
         assert [shares[i % world][i // world] for i in range(n)] == chosen
+
+
+@pytest.mark.parametrize("mode,tau,adv_scale", [("gft", 0.0045, True), ("gft", 0.7, False), ("grpo", 0.7, True)])
+def test_group_step_loss_and_metrics_equal_the_paper_s_sums_one_sequence_at_a_time(base, mode, tau, adv_scale):
+    """GFT: -sum_i A_i sum_t C(p_it) log p_it / tokens; GRPO on-policy (ratio 1): -sum_i A_i |y_i| / tokens;
+    A_i = (r_i - mean r) / (sample std r + 1e-6) within each group (or r_i - mean r); DCR's share p < tau."""
+    model = train.model_from_checkpoint(train.load_checkpoint(base)).eval()
+    tok = D.Tokenizer()
+    settings_ = dict(tau=tau) if mode == "gft" else {}
+    cfg = train.make_config(mode=mode, init=base, adv_scale=adv_scale, **settings_)
+    probs = D.make_split("train", 3, seed=4)
+    texts = [t for p in probs[:2] for t in (p.expert, f"#### {int(p.answer) + 1}", f"#### {p.answer}")]
+    texts += [probs[2].expert] * 3  # a group whose rollouts are all right (GRPO: all A = 0)
+    n_e, n_t = (1, 2) if mode == "gft" else (0, 0)
+    groups, info = train.build_groups(tok, probs, cfg, 0, n_e, n_t, ([tok.encode(t) + [tok.eos_id] for t in texts],
+                                                                     [True] * 9))
+    loss, m = train.step_loss(train.LogProbs(model), tok, cfg, groups, info, None, 1, torch.device("cpu"))
+    total, n_tok, below, rewards = 0.0, 0, 0, []
+    for g in groups:
+        r = [x.reward for x in g.responses]
+        rewards += r
+        mean, sd = sum(r) / len(r), statistics.stdev(r)
+        for x, ri in zip(g.responses, r):
+            a = (ri - mean) / (sd + 1e-6) if adv_scale else ri - mean
+            lps, _ = by_hand(model, tok, [(g.prompt, x.tokens)])
+            for lp in lps:
+                c = math.exp(lp) if math.exp(lp) < tau else 1.0
+                total += -a * (c * lp if mode == "gft" else 1.0)
+                below += math.exp(lp) < tau
+            n_tok += len(lps)
+    assert len(set(rewards)) == 2  # mixed groups: advantages that are not all zero
+    if tau < 0.01:  # the tiny base is near uniform (p ~ 1/258): this tau splits its tokens
+        assert 0 < below < n_tok
+    assert loss.item() == pytest.approx(total / n_tok, abs=1e-5)
+    assert m["reward"] == pytest.approx(sum(rewards) / len(rewards))
+    assert m["frac_below_tau"] == (below / n_tok if mode == "gft" else 0.0)  # GRPO rectifies nothing
