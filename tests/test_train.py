@@ -581,3 +581,22 @@ def test_group_step_loss_and_metrics_equal_the_paper_s_sums_one_sequence_at_a_ti
     assert loss.item() == pytest.approx(total / n_tok, abs=1e-5)
     assert m["reward"] == pytest.approx(sum(rewards) / len(rewards))
     assert m["frac_below_tau"] == (below / n_tok if mode == "gft" else 0.0)  # GRPO rectifies nothing
+
+
+def test_gate_check_scores_each_of_the_four_samples_against_its_own_problem(base, monkeypatch):
+    model = train.model_from_checkpoint(train.load_checkpoint(base)).eval()
+    tok = D.Tokenizer()
+    probs = D.make_split("val", 3, seed=0)
+    right = {p.prompt: k for p, k in zip(probs, (1, 2, 4))}  # of each problem's 4 samples at T = 1
+    calls = []
+
+    def scripted(model, tok_, prompts, n, temperature, *args, **kw):
+        calls.append((n, temperature))
+        texts = ([p.expert] * right[p.prompt] + ["#### 0"] * (4 - right[p.prompt]) for p in probs) if n == 4 else \
+            ([p.expert if j == 0 else "#### 0"] for j, p in enumerate(probs))  # greedy: the first problem right
+        return [tok.encode(t) + [tok.eos_id] for ts in texts for t in ts], None
+    monkeypatch.setattr(train, "sample", scripted)
+    cfg = train.make_config(mode="pretrain", gate_n=3)
+    g = train.gate_check(model, tok, probs, cfg, 5)
+    assert calls == [(4, 1.0), (1, 0.0)]
+    assert g == {"val_pass@1": pytest.approx(7 / 12), "val_acc": pytest.approx(1 / 3)}
