@@ -600,3 +600,15 @@ def test_gate_check_scores_each_of_the_four_samples_against_its_own_problem(base
     g = train.gate_check(model, tok, probs, cfg, 5)
     assert calls == [(4, 1.0), (1, 0.0)]
     assert g == {"val_pass@1": pytest.approx(7 / 12), "val_acc": pytest.approx(1 / 3)}
+
+
+def test_kl_contexts_are_the_base_s_samples_at_temperature_one_not_its_greedy_path(base):
+    model = train.model_from_checkpoint(train.load_checkpoint(base)).eval()
+    tok = D.Tokenizer()
+    probs = D.make_split("test", 4, seed=0)
+    groups = train.base_sample_groups(model, tok, probs, 48)
+    greedy, _ = train.sample(model, tok, [p.prompt for p in probs], 1, 0.0, 48, None)
+    gen = train.torch_gen(0, 0, "kl", torch.device("cpu"))  # the same fixed stream for every run from this base
+    at_one, _ = train.sample(model, tok, [p.prompt for p in probs], 1, 1.0, 48, gen)
+    assert [g.prompt for g in groups] == [tok.encode(p.prompt) for p in probs]
+    assert [g.responses[0].tokens for g in groups] == at_one != greedy
