@@ -402,3 +402,17 @@ def test_write_jsonl_then_load_jsonl_round_trips(tmp_path):
     assert all(len(p.teachers) == 4 for p in loaded)
     write_jsonl(str(tmp_path / "again.jsonl"), problems, n_teacher=4, seed=9)
     assert (tmp_path / "again.jsonl").read_bytes() == path.read_bytes()  # same seed, same file
+
+
+@pytest.mark.parametrize("share", [0.0, 0.3, 1.0])
+def test_pretraining_writes_shuffle_share_of_its_sums_in_a_random_order_and_every_difference_in_order(share):
+    cfg = TaskConfig(shuffle_share=share)
+    rng = random.Random(5)
+    sums = [p for p in make_split("base", 3000, seed=5, cfg=cfg) if p.op == "+" and len(set(p.operands)) == 4]
+    diffs = [p for p in make_split("probe", 200, seed=5)]
+    texts = [data.pretrain_solution(p, rng, cfg) for p in sums]
+    assert all(verify_trace(t, p) == 1.0 for t, p in zip(texts, sums))
+    moved = sum(solution_order(t) != p.operands for t, p in zip(texts, sums)) / len(sums)
+    want = share * (1 - 1 / 24)  # a random order of 4 distinct operands is the canonical one 1 time in 24
+    assert abs(moved - want) < 0.06, (moved, want)  # ~420 sums: standard error <= 0.025
+    assert all(data.pretrain_solution(p, rng, cfg) == data.running_sum(p.operands, "-") for p in diffs)
