@@ -612,3 +612,14 @@ def test_kl_contexts_are_the_base_s_samples_at_temperature_one_not_its_greedy_pa
     at_one, _ = train.sample(model, tok, [p.prompt for p in probs], 1, 1.0, 48, gen)
     assert [g.prompt for g in groups] == [tok.encode(p.prompt) for p in probs]
     assert [g.responses[0].tokens for g in groups] == at_one != greedy
+
+
+def test_pretraining_draws_a_new_batch_each_step_reproducibly_from_seed_and_step():
+    tok = D.Tokenizer()
+    cfg = train.make_config(mode="pretrain", batch_size=16)
+
+    def batch(c, step):
+        return [(g.prompt, g.responses[0].tokens) for g in train.step_groups(None, tok, c, step, None, 0, 1)[0]]
+    assert batch(cfg, 3) == batch(cfg, 3)
+    assert len({str([p for p, _ in batch(cfg, s)]) for s in range(4)}) == 4  # each step its own problems
+    assert batch(cfg, 3) != batch(dataclasses.replace(cfg, seed=cfg.seed + 1), 3)
