@@ -623,3 +623,15 @@ def test_pretraining_draws_a_new_batch_each_step_reproducibly_from_seed_and_step
     assert batch(cfg, 3) == batch(cfg, 3)
     assert len({str([p for p, _ in batch(cfg, s)]) for s in range(4)}) == 4  # each step its own problems
     assert batch(cfg, 3) != batch(dataclasses.replace(cfg, seed=cfg.seed + 1), 3)
+
+
+def test_weight_decay_reaches_the_matrices_and_never_the_layer_norm_gains():
+    from model import GPT, GPTConfig
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=258))
+    decayed, plain = train.make_optimizer(model, 1e-3, 0.1, beta2=0.99).param_groups
+    name = {id(p): n for n, p in model.named_parameters()}
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0 and decayed["betas"] == (0.9, 0.99)
+    assert {name[id(p)] for p in plain["params"]} == {n for n in name.values() if ".ln_" in n or n.endswith(
+        ("bias", "ln_f.weight"))}
+    assert {name[id(p)] for p in decayed["params"]} | {name[id(p)] for p in plain["params"]} == set(name.values())
+    assert len(decayed["params"]) + len(plain["params"]) == len(name)  # each parameter in one group, once
