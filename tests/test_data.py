@@ -416,3 +416,19 @@ def test_pretraining_writes_shuffle_share_of_its_sums_in_a_random_order_and_ever
     want = share * (1 - 1 / 24)  # a random order of 4 distinct operands is the canonical one 1 time in 24
     assert abs(moved - want) < 0.06, (moved, want)  # ~420 sums: standard error <= 0.025
     assert all(data.pretrain_solution(p, rng, cfg) == data.running_sum(p.operands, "-") for p in diffs)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.integers(-10 ** 7, 10 ** 7), st.integers(0, 3))
+def test_verify_compares_answers_by_value_however_either_side_is_written(units, places):
+    """x = units / 10**places, written plainly, with thousands commas or a trailing zero, on either
+    side; the nearest other number at that precision never verifies."""
+    from decimal import Decimal
+    x = Decimal(units).scaleb(-places)
+    forms = {f"{x}", f"{x:,}", f"{x}0" if places else f"{x}.0"}
+    for got in forms:
+        for want in forms:
+            assert verify(f"#### {got}", want) == 1.0, (got, want)
+    step = Decimal(1).scaleb(-places)
+    for other in (x + step, x - step):
+        assert verify(f"#### {other}", f"{x}") == 0.0 and verify(f"#### {other:,}", f"{x:,}") == 0.0, other
