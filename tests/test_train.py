@@ -635,3 +635,20 @@ def test_weight_decay_reaches_the_matrices_and_never_the_layer_norm_gains():
         ("bias", "ln_f.weight"))}
     assert {name[id(p)] for p in decayed["params"]} | {name[id(p)] for p in plain["params"]} == set(name.values())
     assert len(decayed["params"]) + len(plain["params"]) == len(name)  # each parameter in one group, once
+
+
+@pytest.mark.parametrize("clip", [0.0, 1e-3, 1e6])
+def test_update_clips_the_gradient_to_grad_clip_and_returns_its_norm_before(base, clip):
+    from types import SimpleNamespace
+    model = train.model_from_checkpoint(train.load_checkpoint(base))
+    tok = D.Tokenizer()
+    cfg = train.make_config(mode="sft", init=base, grad_clip=clip)
+    s = SimpleNamespace(model=model, optim=train.make_optimizer(model, 1e-3, 0.0), skipped=0, master=True)
+    groups = train.expert_groups(tok, D.make_split("train", 4, seed=1), 1.0)
+    loss, _ = train.step_loss(train.LogProbs(model), tok, cfg, groups, {}, None, 1, torch.device("cpu"))
+    full = torch.autograd.grad(loss, list(model.parameters()), retain_graph=True)
+    before = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in full])))
+    gnorm = train.update(cfg, s, 0, loss)
+    after = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in model.parameters()])))
+    assert gnorm == pytest.approx(before, rel=1e-5)
+    assert after == pytest.approx(min(before, clip) if clip > 0 else before, rel=1e-4)  # 0: no clipping
