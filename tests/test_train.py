@@ -652,3 +652,13 @@ def test_update_clips_the_gradient_to_grad_clip_and_returns_its_norm_before(base
     after = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in model.parameters()])))
     assert gnorm == pytest.approx(before, rel=1e-5)
     assert after == pytest.approx(min(before, clip) if clip > 0 else before, rel=1e-4)  # 0: no clipping
+
+
+@pytest.mark.parametrize("n,n_test", [(2, 1), (9, 1), (10, 1), (19, 1), (20, 2), (25, 2)])
+def test_a_data_file_s_last_tenth_rounded_down_but_at_least_one_record_is_its_test_split(tmp_path, n, n_test):
+    path = str(tmp_path / "d.jsonl")
+    D.write_jsonl(path, D.make_split("train", n, seed=0), n_teacher=1)
+    cfg = train.make_config(mode="eval", init="x.pt", data=path)
+    s = train.load_problems(cfg, D.Tokenizer(), 128)
+    assert [p.prompt for p in s["train"] + s["test"]] == [p.prompt for p in D.load_jsonl(path)]
+    assert len(s["test"]) == n_test
