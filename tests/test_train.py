@@ -662,3 +662,19 @@ def test_a_data_file_s_last_tenth_rounded_down_but_at_least_one_record_is_its_te
     s = train.load_problems(cfg, D.Tokenizer(), 128)
     assert [p.prompt for p in s["train"] + s["test"]] == [p.prompt for p in D.load_jsonl(path)]
     assert len(s["test"]) == n_test
+
+
+@pytest.fixture(scope="module")
+def gft_run(base, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("gft_run") / "r")
+    args = ("gft", "--init", base, "--out", out, "--steps", "1", "--prompts_per_step", "2", "--n_rollout", "2")
+    run(*args)
+    return args
+
+
+@pytest.mark.parametrize("flag,value", [("--seed", "7"), ("--tau", "0.5"), ("--n_teacher", "2"),
+                                        ("--temperature", "0.5"), ("--adv_scale", "false"),
+                                        ("--agg", "seq-mean-token-mean"), ("--steps", "2")])
+def test_resume_refuses_a_changed_setting_that_shapes_training(gft_run, flag, value):
+    with pytest.raises(ValueError, match=rf"--resume with settings that differ .*{flag[2:]}: "):
+        run(*gft_run, flag, value, "--resume", "true")
