@@ -432,3 +432,13 @@ def test_verify_compares_answers_by_value_however_either_side_is_written(units, 
     step = Decimal(1).scaleb(-places)
     for other in (x + step, x - step):
         assert verify(f"#### {other}", f"{x}") == 0.0 and verify(f"#### {other:,}", f"{x:,}") == 0.0, other
+
+
+def test_a_record_s_teachers_are_drawn_at_random_so_every_one_takes_its_turn():
+    p = Problem(prompt="q", answer="1", expert="#### 1", teachers=("a", "b", "c", "d", "e"))
+    rng = random.Random(0)
+    draws = [tuple(teacher_solutions(p, 2, rng)) for _ in range(200)]
+    assert all(len(set(d)) == 2 for d in draws)  # without replacement
+    assert collections.Counter(t for d in draws for t in d).keys() == set(p.teachers)  # not always the first two
+    assert len(set(draws)) == 20  # every ordered pair of the five
+
