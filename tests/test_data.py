@@ -442,3 +442,10 @@ def test_a_record_s_teachers_are_drawn_at_random_so_every_one_takes_its_turn():
     assert collections.Counter(t for d in draws for t in d).keys() == set(p.teachers)  # not always the first two
     assert len(set(draws)) == 20  # every ordered pair of the five
 
+
+@pytest.mark.parametrize("rate", [0.0, 1.0])
+def test_write_jsonl_writes_teachers_at_its_error_rate(tmp_path, rate):
+    path = str(tmp_path / "t.jsonl")
+    write_jsonl(path, make_split("train", 20, seed=3), n_teacher=3, error_rate=rate)
+    scores = {verify(t, p.answer) for p in load_jsonl(path) for t in p.teachers}
+    assert scores == {1.0 - rate}
