@@ -402,3 +402,50 @@ def test_write_jsonl_then_load_jsonl_round_trips(tmp_path):
     assert all(len(p.teachers) == 4 for p in loaded)
     write_jsonl(str(tmp_path / "again.jsonl"), problems, n_teacher=4, seed=9)
     assert (tmp_path / "again.jsonl").read_bytes() == path.read_bytes()  # same seed, same file
+
+
+@pytest.mark.parametrize("share", [0.0, 0.3, 1.0])
+def test_pretraining_writes_shuffle_share_of_its_sums_in_a_random_order_and_every_difference_in_order(share):
+    cfg = TaskConfig(shuffle_share=share)
+    rng = random.Random(5)
+    sums = [p for p in make_split("base", 3000, seed=5, cfg=cfg) if p.op == "+" and len(set(p.operands)) == 4]
+    diffs = [p for p in make_split("probe", 200, seed=5)]
+    texts = [data.pretrain_solution(p, rng, cfg) for p in sums]
+    assert all(verify_trace(t, p) == 1.0 for t, p in zip(texts, sums))
+    moved = sum(solution_order(t) != p.operands for t, p in zip(texts, sums)) / len(sums)
+    want = share * (1 - 1 / 24)  # a random order of 4 distinct operands is the canonical one 1 time in 24
+    assert abs(moved - want) < 0.06, (moved, want)  # ~420 sums: standard error <= 0.025
+    assert all(data.pretrain_solution(p, rng, cfg) == data.running_sum(p.operands, "-") for p in diffs)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.integers(-10 ** 7, 10 ** 7), st.integers(0, 3))
+def test_verify_compares_answers_by_value_however_either_side_is_written(units, places):
+    """x = units / 10**places, written plainly, with thousands commas or a trailing zero, on either
+    side; the nearest other number at that precision never verifies."""
+    from decimal import Decimal
+    x = Decimal(units).scaleb(-places)
+    forms = {f"{x}", f"{x:,}", f"{x}0" if places else f"{x}.0"}
+    for got in forms:
+        for want in forms:
+            assert verify(f"#### {got}", want) == 1.0, (got, want)
+    step = Decimal(1).scaleb(-places)
+    for other in (x + step, x - step):
+        assert verify(f"#### {other}", f"{x}") == 0.0 and verify(f"#### {other:,}", f"{x:,}") == 0.0, other
+
+
+def test_a_record_s_teachers_are_drawn_at_random_so_every_one_takes_its_turn():
+    p = Problem(prompt="q", answer="1", expert="#### 1", teachers=("a", "b", "c", "d", "e"))
+    rng = random.Random(0)
+    draws = [tuple(teacher_solutions(p, 2, rng)) for _ in range(200)]
+    assert all(len(set(d)) == 2 for d in draws)  # without replacement
+    assert collections.Counter(t for d in draws for t in d).keys() == set(p.teachers)  # not always the first two
+    assert len(set(draws)) == 20  # every ordered pair of the five
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0])
+def test_write_jsonl_writes_teachers_at_its_error_rate(tmp_path, rate):
+    path = str(tmp_path / "t.jsonl")
+    write_jsonl(path, make_split("train", 20, seed=3), n_teacher=3, error_rate=rate)
+    scores = {verify(t, p.answer) for p in load_jsonl(path) for t in p.teachers}
+    assert scores == {1.0 - rate}

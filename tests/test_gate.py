@@ -90,3 +90,11 @@ def test_demo_stops_before_fine_tuning_when_its_base_misses_the_band(tmp_path, m
         train.main(["--out", str(tmp_path / "demo")])
     assert modes == ["pretrain"]  # its final evaluation is the base row; no SFT or GFT on a base outside its band
     assert "0.020" in str(e.value) and "below" in str(e.value)
+
+
+def test_a_check_that_exactly_reaches_the_target_meets_the_gate(tmp_path, monkeypatch):
+    check, calls = fake_gate(met_at=2)  # 0.5 from step 2 on
+    monkeypatch.setattr(train, "gate_check", check)
+    out = str(tmp_path / "base")
+    train.main(["pretrain", "--out", out, "--steps", "6", "--gate_every", "2", "--gate_pass1", "0.5", *TINY])
+    assert calls == [2] and train.load_checkpoint(os.path.join(out, "ckpt.pt"))["gate"]["met"]

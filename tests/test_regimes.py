@@ -211,3 +211,26 @@ def test_resume_of_a_checkpoint_older_than_a_setting_reads_the_setting_as_its_de
     with pytest.raises(ValueError, match=r"sft_teachers: 0 -> 1"):  # a setting given: compared with its default
         run("sft", "--init", os.path.join(base, "ckpt.pt"), "--out", out, "--steps", "2", "--batch_size", "4",
             "--resume", "true", "--sft_teachers", "1")
+
+
+def test_each_update_of_a_batch_trains_on_the_next_slice_of_its_groups_and_the_log_sums_their_tokens(tmp_path,
+                                                                                                 monkeypatch):
+    base = str(tmp_path / "base")
+    run("pretrain", "--out", base, "--steps", "1", "--batch_size", "4", *TINY)
+    slices, real = [], train.step_loss
+
+    def spy(logprob_fn, tok, cfg, groups, *a):
+        loss, m = real(logprob_fn, tok, cfg, groups, *a)
+        slices.append(([g.prompt for g in groups], m["tokens"]))
+        return loss, m
+    monkeypatch.setattr(train, "step_loss", spy)
+    drawn, real_groups = [], train.step_groups
+    monkeypatch.setattr(train, "step_groups", lambda *a: drawn.append(real_groups(*a)) or drawn[-1])
+    out = str(tmp_path / "gft")
+    run("gft", "--init", os.path.join(base, "ckpt.pt"), "--out", out, "--steps", "1", "--prompts_per_step", "6",
+        "--n_rollout", "2", "--updates_per_batch", "3")
+    (groups, _), = drawn
+    assert [p for p, _ in slices] == [[g.prompt for g in groups[i:i + 2]] for i in (0, 2, 4)]  # 3 updates, 2 each
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        row, = [json.loads(l) for l in f if '"loss"' in l]
+    assert row["tokens"] == sum(t for _, t in slices)  # tokens of the whole batch (tok/s counts them all)

@@ -964,3 +964,13 @@ def test_gft_logit_gradient_never_exceeds_sft_and_shrinks_as_tau_grows():
     ratio = res["GFT tau=0.01"]["logit"] / sft["logit"]
     torch.testing.assert_close(ratio, res["GFT tau=0.01"]["p"], rtol=1e-4, atol=0)
     assert sft["weight"].max() > 1e4 and res["GFT tau=0.5"]["weight"].max() <= 1 + 1e-5  # 1/p vs C/p
+
+
+def test_resume_keeps_the_log_lines_up_to_the_checkpoint_s_step_gate_rows_by_their_own_step(tmp_path):
+    gate = lambda step: {"gate": {"step": step, "met": False}}  # a gate row: no "step" of its own
+    rows = [{"config": {}}, {"step": 1}, gate(1), {"step": 2}, gate(2), {"step": 3}, gate(3), {"final": {"step": 3}}]
+    log = tmp_path / "metrics.jsonl"
+    for step, kept in [(2, rows[:5]), (3, rows[:7]), (0, [])]:
+        log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        train._trim_metrics(str(log), step)
+        assert [json.loads(l) for l in log.read_text().splitlines()] == kept, step

@@ -1,15 +1,18 @@
 """The pipeline: every mode runs, SFT is GFT's limiting case step for step, resume is exact,
 settings are checked, pass@k is unbiased, and two DDP processes match one."""
+import dataclasses
 import itertools
 import json
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 import data as D
 import train
@@ -361,3 +364,317 @@ def test_expert_logprob_is_the_mean_over_expert_tokens_one_sequence_at_a_time(ba
             total += float(logp[t - 1, seq[0, t]])
             n += 1
     assert train.expert_logprob(model, tok, probs) == pytest.approx(total / n, abs=1e-5)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.integers(0, 40), st.integers(1, 120), st.floats(0.0, 1.0), st.sampled_from(["cosine", "constant"]))
+def test_lr_warms_up_linearly_to_the_peak_then_holds_or_follows_a_half_cosine_to_the_floor_at_steps(
+        warmup, steps, ratio, schedule):
+    lr = 1e-3
+    cfg = train.make_config(mode="pretrain", steps=steps, lr=lr, warmup=warmup, min_lr_ratio=ratio, schedule=schedule)
+    at = [train.lr_at(s, cfg) for s in range(max(steps, warmup) + 1)]
+    for s in range(warmup):  # step s (0-based) trains at (s + 1) / warmup of the peak: never 0, the peak at its end
+        assert at[s] == pytest.approx(lr * (s + 1) / warmup, rel=1e-12)
+    after, floor = at[warmup:], lr * ratio
+    if schedule == "constant":
+        assert all(x == lr for x in after)
+        return
+    assert after[0] == pytest.approx(lr, rel=1e-12)  # the peak right after warm-up
+    if steps > warmup:
+        n = steps - warmup  # after[n]: step --steps, where the cosine reaches the floor
+        assert after[n] == pytest.approx(floor, rel=1e-9, abs=1e-15)
+        assert all(a >= b - 1e-15 for a, b in zip(after, after[1:n + 1]))  # never rises
+        for d in range(n + 1):  # half a cosine: point-symmetric about its midpoint
+            assert after[d] + after[n - d] == pytest.approx(lr + floor, rel=1e-9)
+        if n % 2 == 0:
+            assert after[n // 2] == pytest.approx((lr + floor) / 2, rel=1e-9)
+
+
+def test_each_step_trains_at_the_schedule_s_lr_for_that_step_and_logs_it(base, tmp_path, monkeypatch):
+    used, real_update = [], train.update
+    monkeypatch.setattr(train, "update", lambda cfg, s, step, loss: used.append(
+        (step, [g["lr"] for g in s.optim.param_groups])) or real_update(cfg, s, step, loss))
+    out = str(tmp_path / "lr")
+    run("sft", "--init", base, "--out", out, "--steps", "4", "--batch_size", "4", "--lr", "1e-3", "--warmup", "2",
+        "--min_lr_ratio", "0.2")
+    want = [5e-4, 1e-3, 1e-3, 1e-3 * (0.2 + 0.8 * 0.5)]  # warm-up 1/2, 2/2; cosine at t = 0 and t = 1/2
+    assert [s for s, _ in used] == [0, 1, 2, 3]
+    for (_, lrs), w in zip(used, want):
+        assert lrs == [pytest.approx(w, rel=1e-12)] * 2  # both parameter groups (decayed and not)
+    logged = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
+    assert [r["lr"] for r in logged if "lr" in r] == pytest.approx(want, rel=1e-12)
+
+
+def by_hand(model, tok, rows):
+    """Each (prompt, response) token list alone through the model: the response tokens' log-probs
+    after their prefix, and the entropies of the distributions they were drawn from (float64)."""
+    lps, ents = [], []
+    for prompt, resp in rows:
+        seq = torch.tensor([prompt + resp])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(seq[:, :-1])[0][0].double(), -1)
+        for t in range(len(prompt), seq.size(1)):
+            lps.append(float(logp[t - 1, seq[0, t]]))
+            ents.append(float(-(logp[t - 1].exp() * logp[t - 1]).sum()))
+    return lps, ents
+
+
+def test_sft_step_loss_and_entropy_are_means_over_the_response_tokens_one_sequence_at_a_time(base):
+    model = train.model_from_checkpoint(train.load_checkpoint(base)).eval()
+    tok = D.Tokenizer()
+    probs = D.make_split("train", 4, seed=5, cfg=D.TaskConfig(expert_style="tree"))
+    cfg = train.make_config(mode="sft", init=base)
+    loss, m = train.step_loss(train.LogProbs(model), tok, cfg, train.expert_groups(tok, probs, 1.0), {}, None, 1,
+                              torch.device("cpu"))
+    lps, ents = by_hand(model, tok, [(tok.encode(p.prompt), tok.encode(p.expert) + [tok.eos_id]) for p in probs])
+    assert m["resp_tokens"] == len(lps)  # every solution token and its end of text, nothing of the prompt
+    assert loss.item() == pytest.approx(-sum(lps) / len(lps), abs=1e-5)
+    assert m["entropy"] == pytest.approx(sum(ents) / len(ents), abs=1e-5)
+
+
+def test_evaluate_reports_accuracy_pass_at_k_strict_paths_and_entropy_of_the_completions_it_drew(base, monkeypatch):
+    """evaluate on scripted completions (sample replaced), each figure against its count by hand."""
+    model = train.model_from_checkpoint(train.load_checkpoint(base)).eval()
+    tok = D.Tokenizer()
+    cfg = train.make_config(mode="gft", init=base, eval_n=4, passk_problems=3, passk_n=4, kl_n=2, max_new_tokens=48,
+                            temperature=0.5)  # a training temperature: pass@k still samples at 1
+    splits = train.load_problems(cfg, tok, 96)
+    a, b, c = splits["passk"]
+    rev = lambda p: D.running_sum(p.operands[::-1])  # another correct path
+    S = int(b.answer)
+    script = {a.prompt: [a.expert, rev(a), rev(a), D.tree_sum(a.operands)],  # 4 right, 3 distinct paths
+              b.prompt: [b.expert, f"{S - 1}+1={S};#### {S}",  # right answer by a wrong trace: verify 1, strict 0
+                         f"#### {S + 1}", rev(b).replace(f"#### {S}", f"#### {S + 10}")],  # 2 wrong
+              c.prompt: [f"#### {int(c.answer) + 1}"] * 4}  # none right
+    assert len({D.solution_path(x) for x in script[a.prompt]}) == 3
+    calls = []
+
+    def scripted(model, tok_, prompts, n, temperature, *args, **kw):
+        calls.append((n, temperature))
+        if temperature == 0.0:  # greedy: every 4th problem of each split wrong, the others right
+            texts = [p.expert if j % 4 != 3 else "#### -1" for j, p in enumerate(problems_of[tuple(prompts)])]
+        else:
+            texts = [t for q in prompts for t in script[q]]
+        return [tok.encode(t) + [tok.eos_id] for t in texts], [True] * len(texts)
+    problems_of = {tuple(p.prompt for p in splits[s]): splits[s] for s in ("test", "ood", "probe", "easy")}
+    monkeypatch.setattr(train, "sample", scripted)
+    r = train.evaluate(model, tok, splits, cfg)
+    assert calls == [(1, 0.0)] * 4 + [(4, 1.0)]  # greedy test, ood, probe, easy; then pass@k's samples at T = 1
+    assert [r[f"acc_{s}"] for s in ("test", "ood", "probe", "easy")] == [0.75] * 4
+    assert [(f["prompt"], f["completion"]) for f in r["failures"]] == [(splits["test"][3].prompt, "#### -1")]
+    # pass@k per problem from n = 4 samples with c = 4, 2, 0 right: 1 - C(4 - c, k) / C(4, k)
+    assert sorted(k for k in r if k.startswith("pass@") and k[5:].isdigit()) == ["pass@1", "pass@2", "pass@4"]
+    assert r["pass@1"] == pytest.approx((1 + 2 / 4 + 0) / 3)
+    assert r["pass@2"] == pytest.approx((1 + (1 - 1 / 6) + 0) / 3)
+    assert r["pass@4"] == pytest.approx((1 + 1 + 0) / 3)
+    assert r["pass@1_strict"] == pytest.approx((4 + 1 + 0) / 12)  # the wrong trace does not count
+    assert r["paths"] == pytest.approx((3 + 1) / 2)  # distinct right traces, over the problems with one
+    rows = [(tok.encode(p.prompt), tok.encode(t) + [tok.eos_id]) for p in (a, b, c) for t in script[p.prompt]]
+    _, ents = by_hand(model, tok, rows)
+    assert r["entropy"] == pytest.approx(sum(ents) / len(ents), abs=1e-5)
+
+
+
+@pytest.mark.parametrize("n_expert,n_teacher", [(1, 3), (2, 1), (0, 0)])
+def test_build_groups_gives_each_problem_its_experts_teachers_and_own_rollouts_scored_against_its_answer(
+        n_expert, n_teacher):
+    tok = D.Tokenizer()
+    cfg = train.make_config(mode="gft", init="x.pt", teacher_error=0.5)
+    probs = D.make_split("train", 3, seed=2)
+    texts = [t for p in probs for t in (p.expert, f"#### {int(p.answer) + 1}")]  # problem-major: right, then wrong
+    rollouts = ([tok.encode(t) + [tok.eos_id] for t in texts], [True, False, True, True, True, False])
+    groups, info = train.build_groups(tok, probs, cfg, 7, n_expert, n_teacher, rollouts)
+    assert info["frac_cut"] == pytest.approx(2 / 6)  # rows cut at max_new_tokens
+    rng = train.step_rng(cfg.seed, 7, "teacher")  # this step's teachers, problem by problem
+    teachers = [D.teacher_solutions(p, n_teacher, rng, 0.5) for p in probs]
+    for g, p, ts, own in zip(groups, probs, teachers, [texts[i:i + 2] for i in range(0, 6, 2)]):
+        assert g.prompt == tok.encode(p.prompt)
+        want = [("expert", p.expert)] * n_expert + [("teacher", t) for t in ts] + [("rollout", t) for t in own]
+        assert [(r.source, r.tokens) for r in g.responses] == [(s, tok.encode(t) + [tok.eos_id]) for s, t in want]
+        assert [r.reward for r in g.responses] == [D.verify(t, p.answer) for _, t in want]
+        assert [r.reward for r in g.responses if r.source == "rollout"] == [1.0, 0.0]
+    if n_teacher:
+        again = [g.responses for g in train.build_groups(tok, probs, cfg, 8, n_expert, n_teacher, rollouts)[0]]
+        assert again != [g.responses for g in groups]  # another step, other teachers
+
+
+def test_rollouts_are_a_function_of_seed_and_step_alone(base):
+    model = train.model_from_checkpoint(train.load_checkpoint(base)).eval()
+    tok = D.Tokenizer()
+    probs = D.make_split("train", 2, seed=0)
+    cfg = train.make_config(mode="gft", init=base, max_new_tokens=48)
+    draws = {(seed, step): train.sample_rollouts(model, tok, probs, dataclasses.replace(cfg, seed=seed), step, 4)[0]
+             for seed, step in [(1, 0), (1, 1), (2, 0)]}
+    assert draws[1, 0] == train.sample_rollouts(model, tok, probs, dataclasses.replace(cfg, seed=1), 0, 4)[0]
+    assert draws[1, 0] != draws[1, 1] and draws[1, 0] != draws[2, 0]  # a step or a seed of its own: other samples
+
+
+def test_kl_to_base_is_the_forward_kl_per_response_token_one_sequence_at_a_time(base):
+    ck = train.load_checkpoint(base)
+    base_model, model = train.model_from_checkpoint(ck).eval(), train.model_from_checkpoint(ck).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a model that has moved from the base
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+    tok = D.Tokenizer()
+    probs = D.make_split("test", 3, seed=0) + D.make_split("probe", 2, seed=0)  # of different lengths: padded rows
+    total, n = 0.0, 0
+    for p in probs:
+        seq = torch.tensor([tok.encode(p.prompt) + tok.encode(p.expert) + [tok.eos_id]])
+        with torch.no_grad():
+            lq = torch.log_softmax(model(seq[:, :-1])[0][0].double(), -1)
+            lb = torch.log_softmax(base_model(seq[:, :-1])[0][0].double(), -1)
+        for t in range(len(tok.encode(p.prompt)), seq.size(1)):  # the distributions over each response token
+            total += float((lb[t - 1].exp() * (lb[t - 1] - lq[t - 1])).sum())
+            n += 1
+    kl = train.kl_to_base(model, base_model, tok, train.expert_groups(tok, probs))
+    assert kl == pytest.approx(total / n, rel=1e-4) and kl > 0
+
+
+@settings(max_examples=50, deadline=None, derandomize=True)
+@given(st.integers(1, 40), st.integers(1, 60), st.integers(1, 4), st.integers(0, 10 ** 6))
+def test_draw_takes_distinct_prompts_anew_each_step_and_splits_them_between_ranks(pool_size, n, world, seed):
+    pool = list(range(pool_size))
+    steps = [train.draw(pool, n, seed, step, 0, 1) for step in range(6)]
+    for chosen in steps:
+        assert len(chosen) == n and set(chosen) <= set(pool)
+        if n <= pool_size:
+            assert len(set(chosen)) == n  # without replacement while the pool allows
+    if n < pool_size:
+        assert len({tuple(c) for c in steps}) > 1  # each step draws anew
+    for step, chosen in enumerate(steps):  # the ranks' shares interleave back into the single process's draw
+        shares = [train.draw(pool, n, seed, step, r, world) for r in range(world)]
+        assert [shares[i % world][i // world] for i in range(n)] == chosen
+
+
+@pytest.mark.parametrize("mode,tau,adv_scale", [("gft", 0.0045, True), ("gft", 0.7, False), ("grpo", 0.7, True)])
+def test_group_step_loss_and_metrics_equal_the_paper_s_sums_one_sequence_at_a_time(base, mode, tau, adv_scale):
+    """GFT: -sum_i A_i sum_t C(p_it) log p_it / tokens; GRPO on-policy (ratio 1): -sum_i A_i |y_i| / tokens;
+    A_i = (r_i - mean r) / (sample std r + 1e-6) within each group (or r_i - mean r); DCR's share p < tau."""
+    model = train.model_from_checkpoint(train.load_checkpoint(base)).eval()
+    tok = D.Tokenizer()
+    settings_ = dict(tau=tau) if mode == "gft" else {}
+    cfg = train.make_config(mode=mode, init=base, adv_scale=adv_scale, **settings_)
+    probs = D.make_split("train", 3, seed=4)
+    texts = [t for p in probs[:2] for t in (p.expert, f"#### {int(p.answer) + 1}", f"#### {p.answer}")]
+    texts += [probs[2].expert] * 3  # a group whose rollouts are all right (GRPO: all A = 0)
+    n_e, n_t = (1, 2) if mode == "gft" else (0, 0)
+    groups, info = train.build_groups(tok, probs, cfg, 0, n_e, n_t, ([tok.encode(t) + [tok.eos_id] for t in texts],
+                                                                     [True] * 9))
+    loss, m = train.step_loss(train.LogProbs(model), tok, cfg, groups, info, None, 1, torch.device("cpu"))
+    total, n_tok, below, rewards = 0.0, 0, 0, []
+    for g in groups:
+        r = [x.reward for x in g.responses]
+        rewards += r
+        mean, sd = sum(r) / len(r), statistics.stdev(r)
+        for x, ri in zip(g.responses, r):
+            a = (ri - mean) / (sd + 1e-6) if adv_scale else ri - mean
+            lps, _ = by_hand(model, tok, [(g.prompt, x.tokens)])
+            for lp in lps:
+                c = math.exp(lp) if math.exp(lp) < tau else 1.0
+                total += -a * (c * lp if mode == "gft" else 1.0)
+                below += math.exp(lp) < tau
+            n_tok += len(lps)
+    assert len(set(rewards)) == 2  # mixed groups: advantages that are not all zero
+    if tau < 0.01:  # the tiny base is near uniform (p ~ 1/258): this tau splits its tokens
+        assert 0 < below < n_tok
+    assert loss.item() == pytest.approx(total / n_tok, abs=1e-5)
+    assert m["reward"] == pytest.approx(sum(rewards) / len(rewards))
+    assert m["frac_below_tau"] == (below / n_tok if mode == "gft" else 0.0)  # GRPO rectifies nothing
+
+
+def test_gate_check_scores_each_of_the_four_samples_against_its_own_problem(base, monkeypatch):
+    model = train.model_from_checkpoint(train.load_checkpoint(base)).eval()
+    tok = D.Tokenizer()
+    probs = D.make_split("val", 3, seed=0)
+    right = {p.prompt: k for p, k in zip(probs, (1, 2, 4))}  # of each problem's 4 samples at T = 1
+    calls = []
+
+    def scripted(model, tok_, prompts, n, temperature, *args, **kw):
+        calls.append((n, temperature))
+        texts = ([p.expert] * right[p.prompt] + ["#### 0"] * (4 - right[p.prompt]) for p in probs) if n == 4 else \
+            ([p.expert if j == 0 else "#### 0"] for j, p in enumerate(probs))  # greedy: the first problem right
+        return [tok.encode(t) + [tok.eos_id] for ts in texts for t in ts], None
+    monkeypatch.setattr(train, "sample", scripted)
+    cfg = train.make_config(mode="pretrain", gate_n=3)
+    g = train.gate_check(model, tok, probs, cfg, 5)
+    assert calls == [(4, 1.0), (1, 0.0)]
+    assert g == {"val_pass@1": pytest.approx(7 / 12), "val_acc": pytest.approx(1 / 3)}
+
+
+def test_kl_contexts_are_the_base_s_samples_at_temperature_one_not_its_greedy_path(base):
+    model = train.model_from_checkpoint(train.load_checkpoint(base)).eval()
+    tok = D.Tokenizer()
+    probs = D.make_split("test", 4, seed=0)
+    groups = train.base_sample_groups(model, tok, probs, 48)
+    greedy, _ = train.sample(model, tok, [p.prompt for p in probs], 1, 0.0, 48, None)
+    gen = train.torch_gen(0, 0, "kl", torch.device("cpu"))  # the same fixed stream for every run from this base
+    at_one, _ = train.sample(model, tok, [p.prompt for p in probs], 1, 1.0, 48, gen)
+    assert [g.prompt for g in groups] == [tok.encode(p.prompt) for p in probs]
+    assert [g.responses[0].tokens for g in groups] == at_one != greedy
+
+
+def test_pretraining_draws_a_new_batch_each_step_reproducibly_from_seed_and_step():
+    tok = D.Tokenizer()
+    cfg = train.make_config(mode="pretrain", batch_size=16)
+
+    def batch(c, step):
+        return [(g.prompt, g.responses[0].tokens) for g in train.step_groups(None, tok, c, step, None, 0, 1)[0]]
+    assert batch(cfg, 3) == batch(cfg, 3)
+    assert len({str([p for p, _ in batch(cfg, s)]) for s in range(4)}) == 4  # each step its own problems
+    assert batch(cfg, 3) != batch(dataclasses.replace(cfg, seed=cfg.seed + 1), 3)
+
+
+def test_weight_decay_reaches_the_matrices_and_never_the_layer_norm_gains():
+    from model import GPT, GPTConfig
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=258))
+    decayed, plain = train.make_optimizer(model, 1e-3, 0.1, beta2=0.99).param_groups
+    name = {id(p): n for n, p in model.named_parameters()}
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0 and decayed["betas"] == (0.9, 0.99)
+    assert {name[id(p)] for p in plain["params"]} == {n for n in name.values() if ".ln_" in n or n.endswith(
+        ("bias", "ln_f.weight"))}
+    assert {name[id(p)] for p in decayed["params"]} | {name[id(p)] for p in plain["params"]} == set(name.values())
+    assert len(decayed["params"]) + len(plain["params"]) == len(name)  # each parameter in one group, once
+
+
+@pytest.mark.parametrize("clip", [0.0, 1e-3, 1e6])
+def test_update_clips_the_gradient_to_grad_clip_and_returns_its_norm_before(base, clip):
+    from types import SimpleNamespace
+    model = train.model_from_checkpoint(train.load_checkpoint(base))
+    tok = D.Tokenizer()
+    cfg = train.make_config(mode="sft", init=base, grad_clip=clip)
+    s = SimpleNamespace(model=model, optim=train.make_optimizer(model, 1e-3, 0.0), skipped=0, master=True)
+    groups = train.expert_groups(tok, D.make_split("train", 4, seed=1), 1.0)
+    loss, _ = train.step_loss(train.LogProbs(model), tok, cfg, groups, {}, None, 1, torch.device("cpu"))
+    full = torch.autograd.grad(loss, list(model.parameters()), retain_graph=True)
+    before = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in full])))
+    gnorm = train.update(cfg, s, 0, loss)
+    after = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in model.parameters()])))
+    assert gnorm == pytest.approx(before, rel=1e-5)
+    assert after == pytest.approx(min(before, clip) if clip > 0 else before, rel=1e-4)  # 0: no clipping
+
+
+@pytest.mark.parametrize("n,n_test", [(2, 1), (9, 1), (10, 1), (19, 1), (20, 2), (25, 2)])
+def test_a_data_file_s_last_tenth_rounded_down_but_at_least_one_record_is_its_test_split(tmp_path, n, n_test):
+    path = str(tmp_path / "d.jsonl")
+    D.write_jsonl(path, D.make_split("train", n, seed=0), n_teacher=1)
+    cfg = train.make_config(mode="eval", init="x.pt", data=path)
+    s = train.load_problems(cfg, D.Tokenizer(), 128)
+    assert [p.prompt for p in s["train"] + s["test"]] == [p.prompt for p in D.load_jsonl(path)]
+    assert len(s["test"]) == n_test
+
+
+@pytest.fixture(scope="module")
+def gft_run(base, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("gft_run") / "r")
+    args = ("gft", "--init", base, "--out", out, "--steps", "1", "--prompts_per_step", "2", "--n_rollout", "2")
+    run(*args)
+    return args
+
+
+@pytest.mark.parametrize("flag,value", [("--seed", "7"), ("--tau", "0.5"), ("--n_teacher", "2"),
+                                        ("--temperature", "0.5"), ("--adv_scale", "false"),
+                                        ("--agg", "seq-mean-token-mean"), ("--steps", "2")])
+def test_resume_refuses_a_changed_setting_that_shapes_training(gft_run, flag, value):
+    with pytest.raises(ValueError, match=rf"--resume with settings that differ .*{flag[2:]}: "):
+        run(*gft_run, flag, value, "--resume", "true")
