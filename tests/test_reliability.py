@@ -748,13 +748,18 @@ def test_ctrl_c_is_one_line_on_stderr_saying_how_to_go_on_and_keeps_the_checkpoi
     out = str(tmp_path / "o")
     args = [sys.executable, os.path.join(ROOT, "train.py"), "pretrain", "--out", out, "--steps", "100000",
             "--gate_pass1", "0", "--ckpt_every", "2", "--log_every", "1", "--batch_size", "4", *TINY, *fast(["pretrain"])]
+    # SIGINT as a terminal delivers it: a job started in the background (`pytest ... &`) inherits it ignored
     p = subprocess.Popen(args, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1"),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in p.stdout:  # past the first checkpoint
-        if line.startswith("step 3/"):
-            break
-    p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=60)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        for line in p.stdout:  # past the first checkpoint
+            if line.startswith("step 3/"):
+                break
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        p.kill()  # a run that ignored the signal must not outlive the test (no-op once it has exited)
     assert p.returncode == 130 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == ("interrupted (Ctrl-C): a training run keeps its last checkpoint in --out "
                                             "(the steps since are lost); the same command with --resume true "
