@@ -474,7 +474,6 @@ def test_evaluate_reports_accuracy_pass_at_k_strict_paths_and_entropy_of_the_com
     assert r["entropy"] == pytest.approx(sum(ents) / len(ents), abs=1e-5)
 
 
-
 @pytest.mark.parametrize("n_expert,n_teacher", [(1, 3), (2, 1), (0, 0)])
 def test_build_groups_gives_each_problem_its_experts_teachers_and_own_rollouts_scored_against_its_answer(
         n_expert, n_teacher):
