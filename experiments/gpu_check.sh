@@ -68,7 +68,8 @@ SKIP_GPU=()  # tests/test_gpu.py already ran as its own stage: the two stages to
 [[ " $STAGES " == *" gpu_tests "* ]] && SKIP_GPU=(--ignore tests/test_gpu.py)
 XDIST=()
 # each DDP test has its own fixed port; one thread per worker (OMP_NUM_THREADS below), so workers ~ 3/4 of the cores
-python -c "import xdist" 2>/dev/null && XDIST=(-n "${XDIST_N:-$(( $(nproc) * 3 / 4 > 1 ? $(nproc) * 3 / 4 : 1 ))}")
+WORKERS=$(( $(nproc) * 3 / 4 )); (( WORKERS < 1 )) && WORKERS=1
+python -c "import xdist" 2>/dev/null && XDIST=(-n "${XDIST_N:-$WORKERS}")
 TIMEOUT=()  # one hung test must not take the whole stage: every failure is listed (no -x)
 python -c "import pytest_timeout" 2>/dev/null && TIMEOUT=(--timeout 150)
 
