@@ -375,8 +375,8 @@ class GPT(nn.Module):
         ValueError naming the rows if a row had nothing finite to sample from at some token: a NaN or
         +inf score, or every score -inf (scores: the logits over the temperature; checked at the end).
         """
-        if not temperature >= 0:  # NaN too
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if not 0 <= temperature < math.inf:  # NaN too; inf would make every score 0 (uniform) or NaN
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
         if top_k is not None and not (isinstance(top_k, numbers.Integral) and top_k >= 1):
             raise ValueError(f"top_k must be an int >= 1 or None, got {top_k!r}")
         if not (isinstance(max_new_tokens, numbers.Integral) and max_new_tokens >= 0):

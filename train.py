@@ -799,7 +799,8 @@ def setup_distributed(cfg):
 
 
 def lr_at(step, cfg):
-    """Linear warm-up, then constant, or cosine decay to lr * min_lr_ratio at --steps."""
+    """Linear warm-up, then constant, or cosine decay to lr * min_lr_ratio at step index --steps
+    (one past the last step, as nanoGPT's lr_decay_iters: the last step trains a hair above the floor)."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     if cfg.schedule == "constant":

@@ -352,13 +352,15 @@ def test_minus_inf_logits_are_valid_and_never_sampled(path, temperature, top_k):
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_nan_or_vanishing_temperature_is_an_error(path):
-    """NaN is not >= 0: a settings error. 1e-45 passes that check, but logits / 1e-45 overflow to
-    +-inf, so softmax has nothing finite: the same error as NaN logits."""
+def test_nan_infinite_or_vanishing_temperature_is_an_error(path):
+    """NaN and inf are settings errors (inf would divide every score to 0, sampling uniformly, or to
+    NaN beside a -inf logit). 1e-45 passes that check, but logits / 1e-45 overflow to +-inf, so
+    softmax has nothing finite: the same error as NaN logits."""
     model = random_model()
     prompts = THREE_PROMPTS[[0, 2]]
-    with pytest.raises(ValueError, match="temperature must be >= 0, got nan"):
-        model.generate(prompts, 4, temperature=float("nan"), **path)
+    for bad in ("nan", "inf"):
+        with pytest.raises(ValueError, match=f"temperature must be a finite number >= 0, got {bad}"):
+            model.generate(prompts, 4, temperature=float(bad), **path)
     with pytest.raises(ValueError, match=r"rows \[0, 1\] had no valid distribution"):
         model.generate(prompts, 4, temperature=1e-45, generator=torch.Generator().manual_seed(0), **path)
 
@@ -445,7 +447,7 @@ def test_generate_longer_than_block_size_raises_naming_block_size():
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("bad, words", [
-    (dict(temperature=-0.1), "temperature must be >= 0"),
+    (dict(temperature=-0.1), "temperature must be a finite number >= 0, got -0.1"),
     (dict(top_k=0), r"top_k must be an int >= 1 or None, got 0"),
     (dict(top_k=2.5), r"top_k must be an int >= 1 or None, got 2.5"),
     (dict(max_new_tokens=-1), r"max_new_tokens must be an int >= 0, got -1"),
