@@ -358,6 +358,43 @@ def test_ragged_advantages_equal_per_group_computation(groups, scale):
         assert (A[i, len(g):] == 0).all()
 
 
+@st.composite
+def scattered_groups(draw, values=(0.1, 0.3, 0.7, 1.0)):
+    """(groups, slots, K): reward lists and, for each, the sorted slots of a row of K it occupies.
+
+    Members may sit anywhere in the row, with absent slots before, between and after them.
+    """
+    groups = draw(st.lists(st.lists(st.sampled_from(values), min_size=1, max_size=5), min_size=1, max_size=4))
+    K = max(len(g) for g in groups) + draw(st.integers(0, 3))
+    slots = [sorted(draw(st.permutations(range(K)))[:len(g)]) for g in groups]
+    return groups, slots, K
+
+
+@FAST
+@given(scattered_groups(), st.booleans())
+@example(([[0.1, 0.1, 0.1]], [[1, 2, 3]], 4), True)  # slot 0 absent; 0.1 has an inexact mean at 3
+@example(([[0.1, 0.1, 0.1]], [[1, 2, 3]], 4), False)
+def test_ragged_advantages_do_not_depend_on_where_the_absent_slots_are(groups_slots_k, scale):
+    """The mask marks the members present wherever they are in the row, not only a prefix: read at
+    its present slots, a group's advantages are those of the group alone (up to rounding: the sums
+    run over K slots), and absent slots get 0. A constant group is 0 exactly even when its first slot is absent: the equality check must start
+    from the first member present, not from column 0 (which holds padding)."""
+    groups, slots, K = groups_slots_k
+    r = torch.full((len(groups), K), float("nan"), dtype=torch.float64)  # NaN padding must not leak
+    mask = torch.zeros(len(groups), K, dtype=torch.bool)
+    for i, (g, s) in enumerate(zip(groups, slots)):
+        r[i, s] = torch.tensor(g, dtype=torch.float64)
+        mask[i, s] = True
+    A = group_advantages(r, scale=scale, mask=mask)
+    for i, g in enumerate(groups):
+        if len(g) >= 2 and len(set(g)) == 1:
+            assert (A[i] == 0).all()  # exactly, not the rounding of r - mean
+            continue
+        alone = group_advantages(torch.tensor([g], dtype=torch.float64), scale=scale)[0]
+        torch.testing.assert_close(A[i, mask[i]], alone)  # the sum over K slots may round apart
+        assert (A[i, ~mask[i]] == 0).all()
+
+
 # -----------------------------------------------------------------------------
 # 7: vectorised losses against slow loops
 
