@@ -449,6 +449,25 @@ def test_gft_loss_equals_slow_loop(seed, N, T, tau, agg):
 
 
 @FAST
+@given(seeds, st.integers(1, 4), st.integers(1, 6))
+def test_sft_and_dft_losses_equal_slow_loops_including_near_sure_tokens(seed, N, T):
+    """SFT is -log p_t and DFT -sg(p_t) log p_t, each a mean over the masked tokens, for every p_t
+    in (0, 1): DFT weighs a near-sure token (p_t = 1 - 1e-7) by p_t too, not by 1 (its tau is 1, so
+    every p_t < 1 is rectified). Gradients in log p_t: SFT -1 / n, DFT -p_t / n, n masked tokens."""
+    _, _, mask, g = random_batch(seed, N, T, 2)
+    # -log p log-uniform over [1e-7, 10]: half the tokens have p > 0.999, where DFT's weight is ~1 but not 1
+    lp = (-(10 ** (torch.rand(N, T, generator=g, dtype=torch.float64) * 8 - 7))).requires_grad_()
+    toks = [(i, t) for i in range(N) for t in range(T) if mask[i, t]]
+    sft_slow = sum(-lp[i, t] for i, t in toks) / len(toks)
+    dft_slow = sum(-math.exp(lp[i, t].item()) * lp[i, t] for i, t in toks) / len(toks)
+    sft, dft = sft_loss(lp, mask), dft_loss(lp, mask)
+    torch.testing.assert_close(sft, sft_slow)
+    torch.testing.assert_close(dft, dft_slow)
+    torch.testing.assert_close(grad_of(sft, lp), torch.where(mask, -1.0 / len(toks), 0.0).double())
+    torch.testing.assert_close(grad_of(dft, lp), torch.where(mask, -lp.detach().exp() / len(toks), 0.0))
+
+
+@FAST
 @given(seeds, st.integers(1, 4), st.integers(1, 6), st.floats(0.05, 0.5), st.sampled_from([0.0, 0.1]),
        st.sampled_from(AGGS))
 def test_grpo_loss_equals_slow_loop(seed, N, T, clip_eps, beta, agg):
