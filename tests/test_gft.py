@@ -551,12 +551,16 @@ def test_mask_accepts_bool_and_01_numbers():
 # 8: group construction
 
 @FAST
-@given(group_lists())
-def test_flatten_groups_round_trips_sources_rewards_and_masks(groups):
-    batch = flatten_groups(groups, pad_id=99)
+@given(group_lists(), st.booleans())
+def test_flatten_groups_round_trips_sources_rewards_and_masks(groups, scale):
+    """Rows group by group in the order given; tokens as long as the longest prompt + response (a
+    batch that fits the block is never refused for a padding column); advantages those of each group
+    alone, with scale passed on (False: r - mean, Dr. GRPO)."""
+    batch = flatten_groups(groups, pad_id=99, scale=scale)
     flat = [(i, g, r) for i, g in enumerate(groups) for r in g.responses]  # the expected row order
-    N = len(flat)
-    assert batch.tokens.shape[0] == N and batch.tokens.dtype == torch.long
+    N, L = len(flat), max(len(g.prompt) + len(r.tokens) for _, g, r in flat)
+    assert tuple(batch.tokens.shape) == tuple(batch.resp_mask.shape) == (N, L)
+    assert batch.tokens.dtype == torch.long
     assert batch.sources == [r.source for _, _, r in flat]
     assert batch.group_index.tolist() == [i for i, _, _ in flat]
     assert batch.rewards.tolist() == [r.reward for _, _, r in flat]
@@ -568,12 +572,12 @@ def test_flatten_groups_round_trips_sources_rewards_and_masks(groups):
         assert batch.resp_mask[n].nonzero().flatten().tolist() == list(range(lp, lp + lr))
     for i, g in enumerate(groups):
         rows = batch.group_index == i
-        expected = group_advantages(torch.tensor([[r.reward for r in g.responses]]))[0]
+        expected = group_advantages(torch.tensor([[r.reward for r in g.responses]]), scale=scale)[0]
         torch.testing.assert_close(batch.advantages[rows], expected)
     zero_var = [len(g.responses) > 1 and len({r.reward for r in g.responses}) == 1 for g in groups]
     assert batch.zero_var.tolist() == zero_var
     assert batch.frac_zero_var == pytest.approx(sum(zero_var) / len(groups))
-    adv = [a for g in groups for a in slow_advantages([[r.reward for r in g.responses]], True)[0]]
+    adv = [a for g in groups for a in slow_advantages([[r.reward for r in g.responses]], scale)[0]]
     stats = source_stats(batch)
     for s in SOURCES:
         rs = [r.reward for _, _, r in flat if r.source == s]
