@@ -81,7 +81,7 @@ names the problem. "here" = this file; the others are tests that existed before 
 | all-masked batch | ValueError | test_gft.py::...[mask selects no response tokens], [dcr_stats: mask selects no]; here: ...[grpo all masked] |
 | integer mask of 0/1: accepted, same as bool | (behaviour) | test_gft.py::test_mask_accepts_bool_and_01_numbers; here: test_integer_mask_gives_the_same_loss_and_gradient_as_bool |
 | mask holding other values (2, -1, NaN) | ValueError | test_gft.py::...[mask must be bool or hold only 0/1]; here: ...[mask -1], [mask NaN] |
-| NaN beta (grpo) | ValueError | test_gft.py::test_invalid_inputs_...[beta must be >= 0, got nan] |
+| NaN / inf beta given to grpo_loss | ValueError | test_gft.py::test_invalid_inputs_...[beta must be finite and >= 0, got nan], [..., got inf] |
 | p_exp negative (summing to 1) or a support that is not (S,) (SFT identity) | ValueError | test_gft.py::test_invalid_inputs_...[p_exp must be a distribution], [seq_logprobs shape (2, 2) ...] |
 | padding holding NaN, +-inf or positive values: accepted, counts for nothing | (behaviour) | test_gft.py::test_empty_rows_and_padding_contribute_nothing |
 | **generation** | | |
