@@ -166,8 +166,8 @@ def grpo_loss(logprobs, old_logprobs, advantages, mask, clip_eps=0.2, ref_logpro
     _check_logprobs(fn, "old_logprobs", old_logprobs, m)
     if not 0.0 < clip_eps < 1.0:
         raise ValueError(f"{fn}: clip_eps must be in (0, 1), got {clip_eps}")
-    if not beta >= 0.0:
-        raise ValueError(f"{fn}: beta must be >= 0, got {beta}")
+    if not (math.isfinite(beta) and beta >= 0.0):  # inf times a k3 of 0 is NaN; NaN spreads
+        raise ValueError(f"{fn}: beta must be finite and >= 0, got {beta}")
     if beta > 0.0 and ref_logprobs is None:
         raise ValueError(f"{fn}: beta = {beta} > 0 needs ref_logprobs")
     lp = torch.where(m, _float(logprobs), 0.0)                         # (N, T)

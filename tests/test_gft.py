@@ -358,6 +358,43 @@ def test_ragged_advantages_equal_per_group_computation(groups, scale):
         assert (A[i, len(g):] == 0).all()
 
 
+@st.composite
+def scattered_groups(draw, values=(0.1, 0.3, 0.7, 1.0)):
+    """(groups, slots, K): reward lists and, for each, the sorted slots of a row of K it occupies.
+
+    Members may sit anywhere in the row, with absent slots before, between and after them.
+    """
+    groups = draw(st.lists(st.lists(st.sampled_from(values), min_size=1, max_size=5), min_size=1, max_size=4))
+    K = max(len(g) for g in groups) + draw(st.integers(0, 3))
+    slots = [sorted(draw(st.permutations(range(K)))[:len(g)]) for g in groups]
+    return groups, slots, K
+
+
+@FAST
+@given(scattered_groups(), st.booleans())
+@example(([[0.1, 0.1, 0.1]], [[1, 2, 3]], 4), True)  # slot 0 absent; 0.1 has an inexact mean at 3
+@example(([[0.1, 0.1, 0.1]], [[1, 2, 3]], 4), False)
+def test_ragged_advantages_do_not_depend_on_where_the_absent_slots_are(groups_slots_k, scale):
+    """The mask marks the members present wherever they are in the row, not only a prefix: read at
+    its present slots, a group's advantages are those of the group alone (up to rounding: the sums
+    run over K slots), and absent slots get 0. A constant group is 0 exactly even when its first slot is absent: the equality check must start
+    from the first member present, not from column 0 (which holds padding)."""
+    groups, slots, K = groups_slots_k
+    r = torch.full((len(groups), K), float("nan"), dtype=torch.float64)  # NaN padding must not leak
+    mask = torch.zeros(len(groups), K, dtype=torch.bool)
+    for i, (g, s) in enumerate(zip(groups, slots)):
+        r[i, s] = torch.tensor(g, dtype=torch.float64)
+        mask[i, s] = True
+    A = group_advantages(r, scale=scale, mask=mask)
+    for i, g in enumerate(groups):
+        if len(g) >= 2 and len(set(g)) == 1:
+            assert (A[i] == 0).all()  # exactly, not the rounding of r - mean
+            continue
+        alone = group_advantages(torch.tensor([g], dtype=torch.float64), scale=scale)[0]
+        torch.testing.assert_close(A[i, mask[i]], alone)  # the sum over K slots may round apart
+        assert (A[i, ~mask[i]] == 0).all()
+
+
 # -----------------------------------------------------------------------------
 # 7: vectorised losses against slow loops
 
@@ -412,6 +449,25 @@ def test_gft_loss_equals_slow_loop(seed, N, T, tau, agg):
 
 
 @FAST
+@given(seeds, st.integers(1, 4), st.integers(1, 6))
+def test_sft_and_dft_losses_equal_slow_loops_including_near_sure_tokens(seed, N, T):
+    """SFT is -log p_t and DFT -sg(p_t) log p_t, each a mean over the masked tokens, for every p_t
+    in (0, 1): DFT weighs a near-sure token (p_t = 1 - 1e-7) by p_t too, not by 1 (its tau is 1, so
+    every p_t < 1 is rectified). Gradients in log p_t: SFT -1 / n, DFT -p_t / n, n masked tokens."""
+    _, _, mask, g = random_batch(seed, N, T, 2)
+    # -log p log-uniform over [1e-7, 10]: half the tokens have p > 0.999, where DFT's weight is ~1 but not 1
+    lp = (-(10 ** (torch.rand(N, T, generator=g, dtype=torch.float64) * 8 - 7))).requires_grad_()
+    toks = [(i, t) for i in range(N) for t in range(T) if mask[i, t]]
+    sft_slow = sum(-lp[i, t] for i, t in toks) / len(toks)
+    dft_slow = sum(-math.exp(lp[i, t].item()) * lp[i, t] for i, t in toks) / len(toks)
+    sft, dft = sft_loss(lp, mask), dft_loss(lp, mask)
+    torch.testing.assert_close(sft, sft_slow)
+    torch.testing.assert_close(dft, dft_slow)
+    torch.testing.assert_close(grad_of(sft, lp), torch.where(mask, -1.0 / len(toks), 0.0).double())
+    torch.testing.assert_close(grad_of(dft, lp), torch.where(mask, -lp.detach().exp() / len(toks), 0.0))
+
+
+@FAST
 @given(seeds, st.integers(1, 4), st.integers(1, 6), st.floats(0.05, 0.5), st.sampled_from([0.0, 0.1]),
        st.sampled_from(AGGS))
 def test_grpo_loss_equals_slow_loop(seed, N, T, clip_eps, beta, agg):
@@ -462,11 +518,16 @@ def test_grpo_loss_clamps_log_ratios_at_20_as_the_slow_loop(seed, beta, agg):
 
 
 @FAST
-@given(seeds, st.integers(1, 4), st.integers(1, 6), st.sampled_from(AGGS))
-def test_empty_rows_and_padding_contribute_nothing(seed, N, T, agg):
+@given(seeds, st.integers(1, 4), st.integers(1, 6), st.sampled_from(AGGS),
+       st.sampled_from([math.nan, math.inf, -math.inf, 5.0]))
+def test_empty_rows_and_padding_contribute_nothing(seed, N, T, agg, garbage):
+    """Padding may hold anything, NaN, +-inf or a positive 'log-prob' alike: only the masked
+    positions are checked and counted, and the gradient outside the mask is 0."""
     _, _, mask, g = random_batch(seed, N, T, 2)
     lp = (-torch.rand(N, T, generator=g, dtype=torch.float64) * 4)
-    lp[~mask] = float("nan")  # padding garbage
+    clean = lp.clone()
+    lp[~mask] = garbage  # padding garbage
+    assert dcr_stats(lp, mask, 0.5) == dcr_stats(clean, mask, 0.5)
     lp.requires_grad_()
     A = torch.randn(N, generator=g, dtype=torch.float64)
     # append an all-masked row of -inf: same loss, zero and finite gradients outside the mask
@@ -495,12 +556,16 @@ def test_mask_accepts_bool_and_01_numbers():
 # 8: group construction
 
 @FAST
-@given(group_lists())
-def test_flatten_groups_round_trips_sources_rewards_and_masks(groups):
-    batch = flatten_groups(groups, pad_id=99)
+@given(group_lists(), st.booleans())
+def test_flatten_groups_round_trips_sources_rewards_and_masks(groups, scale):
+    """Rows group by group in the order given; tokens as long as the longest prompt + response (a
+    batch that fits the block is never refused for a padding column); advantages those of each group
+    alone, with scale passed on (False: r - mean, Dr. GRPO)."""
+    batch = flatten_groups(groups, pad_id=99, scale=scale)
     flat = [(i, g, r) for i, g in enumerate(groups) for r in g.responses]  # the expected row order
-    N = len(flat)
-    assert batch.tokens.shape[0] == N and batch.tokens.dtype == torch.long
+    N, L = len(flat), max(len(g.prompt) + len(r.tokens) for _, g, r in flat)
+    assert tuple(batch.tokens.shape) == tuple(batch.resp_mask.shape) == (N, L)
+    assert batch.tokens.dtype == torch.long
     assert batch.sources == [r.source for _, _, r in flat]
     assert batch.group_index.tolist() == [i for i, _, _ in flat]
     assert batch.rewards.tolist() == [r.reward for _, _, r in flat]
@@ -512,12 +577,12 @@ def test_flatten_groups_round_trips_sources_rewards_and_masks(groups):
         assert batch.resp_mask[n].nonzero().flatten().tolist() == list(range(lp, lp + lr))
     for i, g in enumerate(groups):
         rows = batch.group_index == i
-        expected = group_advantages(torch.tensor([[r.reward for r in g.responses]]))[0]
+        expected = group_advantages(torch.tensor([[r.reward for r in g.responses]]), scale=scale)[0]
         torch.testing.assert_close(batch.advantages[rows], expected)
     zero_var = [len(g.responses) > 1 and len({r.reward for r in g.responses}) == 1 for g in groups]
     assert batch.zero_var.tolist() == zero_var
     assert batch.frac_zero_var == pytest.approx(sum(zero_var) / len(groups))
-    adv = [a for g in groups for a in slow_advantages([[r.reward for r in g.responses]], True)[0]]
+    adv = [a for g in groups for a in slow_advantages([[r.reward for r in g.responses]], scale)[0]]
     stats = source_stats(batch)
     for s in SOURCES:
         rs = [r.reward for _, _, r in flat if r.source == s]
@@ -604,7 +669,9 @@ ERRORS = [
     (lambda: grpo_loss(lp46, lp46[:, :5], A4, m46), r"grpo_loss: old_logprobs shape \(4, 5\)"),
     (lambda: grpo_loss(lp46, lp46, A4, m46, clip_eps=0.0), "clip_eps must be in"),
     (lambda: grpo_loss(lp46, lp46, A4, m46, beta=0.1), "needs ref_logprobs"),
-    (lambda: grpo_loss(lp46, lp46, A4, m46, ref_logprobs=lp46, beta=-1.0), "beta must be >= 0"),
+    (lambda: grpo_loss(lp46, lp46, A4, m46, ref_logprobs=lp46, beta=-1.0), "beta must be finite and >= 0"),
+    (lambda: grpo_loss(lp46, lp46, A4, m46, ref_logprobs=lp46, beta=float("nan")), "beta must be finite and >= 0, got nan"),
+    (lambda: grpo_loss(lp46, lp46, A4, m46, ref_logprobs=lp46, beta=float("inf")), "beta must be finite and >= 0, got inf"),
     (lambda: grpo_loss(lp46, lp46, A4, m46, ref_logprobs=_with(lp46, 0, float("nan")), beta=0.1),
      "ref_logprobs contain NaN"),
     (lambda: group_advantages(torch.zeros(4)), r"rewards must be \(P, K\)"),
@@ -621,10 +688,14 @@ ERRORS = [
     (lambda: flatten_groups([Group([1], [Response([2], "teacher", float("inf"))])], 0), "reward inf"),
     (lambda: flatten_groups([Group([1], [Response([], "rollout")])], 0), "response 0 has no tokens"),
     (lambda: count_sources(1, -3, 4), "n_teacher must be an integer >= 0"),
+    (lambda: count_sources(True, 3, 4), "n_expert must be an integer >= 0, got True"),
     (lambda: count_sources(0, 0, 0), "must be > 0"),
     (lambda: sft_as_policy_gradient_loss(torch.zeros(3), torch.tensor([0.5, 0.2, 0.2])),
      "p_exp must be a distribution"),
     (lambda: sft_as_policy_gradient_loss(torch.zeros(3), torch.ones(2) / 2), "must be the same"),
+    (lambda: sft_as_policy_gradient_loss(torch.zeros(2), torch.tensor([1.5, -0.5])), "p_exp must be a distribution"),
+    (lambda: implicit_reward(torch.full((2, 2), -math.log(4)), torch.full((2, 2), 0.25)),
+     r"seq_logprobs shape \(2, 2\) and p_exp shape \(2, 2\) must be the same \(S,\)"),
     (lambda: dcr_stats(lp46, torch.zeros(4, 6, dtype=torch.bool), 0.5), "dcr_stats: mask selects no"),
     (lambda: sft_as_policy_gradient_loss(torch.tensor([float("nan"), -1.0]), torch.tensor([1.0, 0.0])),
      "sft_as_policy_gradient_loss: seq_logprobs contain NaN or inf"),

@@ -16,7 +16,7 @@ names the problem. "here" = this file; the others are tests that existed before 
 | --n_expert negative | ValueError | here: ...[n_expert negative] |
 | --n_teacher negative | ValueError | here: ...[n_teacher negative] |
 | --n_rollout below -1 (-1 = mode default) | ValueError | here: ...[n_rollout below -1] |
-| group count negative given to gft | ValueError | test_gft.py::test_invalid_inputs_...[n_teacher must be an integer >= 0] |
+| group count negative or a bool given to gft | ValueError | test_gft.py::test_invalid_inputs_...[n_teacher must be an integer >= 0], [n_expert must be an integer >= 0, got True] |
 | all group counts zero (gft) | ValueError | here: ...[all group counts zero]; test_gft.py::...[must be > 0] |
 | grpo with one rollout (no advantage) | ValueError | here: ...[grpo one rollout] |
 | a group with no responses (flatten_groups) | ValueError | test_gft.py::test_invalid_inputs_...[group 1 has no responses] |
@@ -81,6 +81,9 @@ names the problem. "here" = this file; the others are tests that existed before 
 | all-masked batch | ValueError | test_gft.py::...[mask selects no response tokens], [dcr_stats: mask selects no]; here: ...[grpo all masked] |
 | integer mask of 0/1: accepted, same as bool | (behaviour) | test_gft.py::test_mask_accepts_bool_and_01_numbers; here: test_integer_mask_gives_the_same_loss_and_gradient_as_bool |
 | mask holding other values (2, -1, NaN) | ValueError | test_gft.py::...[mask must be bool or hold only 0/1]; here: ...[mask -1], [mask NaN] |
+| NaN / inf beta given to grpo_loss | ValueError | test_gft.py::test_invalid_inputs_...[beta must be finite and >= 0, got nan], [..., got inf] |
+| p_exp negative (summing to 1) or a support that is not (S,) (SFT identity) | ValueError | test_gft.py::test_invalid_inputs_...[p_exp must be a distribution], [seq_logprobs shape (2, 2) ...] |
+| padding holding NaN, +-inf or positive values: accepted, counts for nothing | (behaviour) | test_gft.py::test_empty_rows_and_padding_contribute_nothing |
 | **generation** | | |
 | NaN / +inf logits, or a row all -inf, from the first token or a later one (eager cache, recompute, fast decode; greedy or sampled) | ValueError | test_model.py::test_generate_with_nonfinite_logits_raises_naming_the_rows (36 cases); -inf entries stay valid: test_minus_inf_logits_are_valid_and_never_sampled |
 | temperature below 0, NaN or infinite; a temperature so small that logits / temperature overflow | ValueError | test_model.py::test_invalid_generate_settings_raise_naming_the_setting, test_nan_infinite_or_vanishing_temperature_is_an_error |
