@@ -377,8 +377,9 @@ def scattered_groups(draw, values=(0.1, 0.3, 0.7, 1.0)):
 def test_ragged_advantages_do_not_depend_on_where_the_absent_slots_are(groups_slots_k, scale):
     """The mask marks the members present wherever they are in the row, not only a prefix: read at
     its present slots, a group's advantages are those of the group alone (up to rounding: the sums
-    run over K slots), and absent slots get 0. A constant group is 0 exactly even when its first slot is absent: the equality check must start
-    from the first member present, not from column 0 (which holds padding)."""
+    run over K slots), and absent slots get 0. A constant group is 0 exactly even when its first
+    slot is absent: the equality check must start from the first member present, not from column 0
+    (which holds padding)."""
     groups, slots, K = groups_slots_k
     r = torch.full((len(groups), K), float("nan"), dtype=torch.float64)  # NaN padding must not leak
     mask = torch.zeros(len(groups), K, dtype=torch.bool)
