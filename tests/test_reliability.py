@@ -83,7 +83,7 @@ names the problem. "here" = this file; the others are tests that existed before 
 | mask holding other values (2, -1, NaN) | ValueError | test_gft.py::...[mask must be bool or hold only 0/1]; here: ...[mask -1], [mask NaN] |
 | **generation** | | |
 | NaN / +inf logits, or a row all -inf, from the first token or a later one (eager cache, recompute, fast decode; greedy or sampled) | ValueError | test_model.py::test_generate_with_nonfinite_logits_raises_naming_the_rows (36 cases); -inf entries stay valid: test_minus_inf_logits_are_valid_and_never_sampled |
-| temperature below 0 or NaN; a temperature so small that logits / temperature overflow | ValueError | test_model.py::test_invalid_generate_settings_raise_naming_the_setting, test_nan_or_vanishing_temperature_is_an_error |
+| temperature below 0, NaN or infinite; a temperature so small that logits / temperature overflow | ValueError | test_model.py::test_invalid_generate_settings_raise_naming_the_setting, test_nan_infinite_or_vanishing_temperature_is_an_error |
 | top_k below 1 or not an int, max_new_tokens below 0 or not an int, eos_id / pad_id outside the vocabulary, idx not (B, T); prompt + max_new_tokens beyond the block | ValueError | test_model.py::test_invalid_generate_settings_raise_naming_the_setting, test_generate_longer_than_block_size_raises_naming_block_size |
 | prompt rows that end in padding (right-padded or empty); a pad_mask that is not bool or not idx's shape | ValueError | test_model.py::test_prompts_that_end_in_padding_are_an_error_naming_the_rows, test_forward_with_a_non_bool_pad_mask_raises_naming_pad_mask |
 | **checkpoints** | | |
