@@ -62,7 +62,7 @@ def test_each_mode_runs_and_its_loss_is_finite(base, tmp_path, mode):
     assert finite_losses(out)
     assert 0.0 <= r["acc_test"] <= 1.0 and math.isfinite(r["kl_base"]) and r["kl_base"] >= -1e-6
     assert math.isfinite(r["kl_base_samples"]) and r["kl_base_samples"] >= -1e-6
-    ev = run("eval", "--init", os.path.join(out, "ckpt.pt"))
+    ev = run("eval", "--init", os.path.join(out, "ckpt.pt"), "--out", str(tmp_path / "eval"))  # not ./out/eval
     for split in ("test", "ood", "probe", "easy"):  # eval of the checkpoint reproduces the run's final eval
         assert 0.0 <= r[f"acc_{split}"] <= 1.0 and ev[f"acc_{split}"] == r[f"acc_{split}"], split
 
