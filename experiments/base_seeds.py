@@ -99,6 +99,9 @@ def main():
             print(row_line(row))
         print(summary(rows))
         return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if not 1 <= a.threads <= cores:  # torch runs min(OMP_NUM_THREADS, cores): the rows would name threads never run
+        ap.error(f"--threads must be in [1, {cores}] (this machine's cores), got {a.threads}")
     os.makedirs(a.work, exist_ok=True)
     os.makedirs(a.out, exist_ok=True)
     print(f"base_seeds: recipe {a.recipe} {a.train_args}, seeds {a.seeds}, {a.threads} thread(s) x {a.jobs} job(s) "
