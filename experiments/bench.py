@@ -1,6 +1,6 @@
 """Benchmark: training throughput and MFU, KV-cache generation, one GFT step against one GRPO step.
 
-    python experiments/bench.py                    # default config 4x4x128 and a larger 6x6x384 (~3 min, 2 CPU cores)
+    python experiments/bench.py                    # default config 4x4x128 and a larger 6x6x384 (~2 min, 2 CPU cores: 101 s idle)
     python experiments/bench.py --quick            # fewer repeats, default config only (~40 s)
     python experiments/bench.py --device cuda --compile
     python experiments/bench.py --init out/demo/base/ckpt.pt   # GFT/GRPO step with a trained model (rollouts stop at eos)
