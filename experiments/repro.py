@@ -291,7 +291,7 @@ def report(records, passk, seeds, steps, total, quick, sweep_records, lrs):
     for r in records:
         by.setdefault(r["row"], []).append(r)
     lines = [f"# Results: GFT in miniature ({'quick' if quick else 'full'} run)", "",
-             f"One base model per seed, pretrained until train.py's gate was met (steps: " +
+             "One base model per seed, pretrained until train.py's gate was met (steps: " +
              ", ".join(str(r["metrics"]["step"]) for r in records if r["row"] == "base") +
              f"), then {steps} optimiser steps per run, "
              f"{P} prompts x 8 responses per step (SFT/DFT: {8 * P} demonstrations per step). "

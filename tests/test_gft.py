@@ -6,7 +6,6 @@ reproducible from the printed example. float64 where values are compared exactly
 """
 import itertools
 import math
-import os
 
 import pytest
 import torch
