@@ -444,7 +444,7 @@ def check_fits(tok, problems, max_new_tokens, block_size, from_init=False):
     for p in problems:
         n = len(tok.encode(p.prompt)) + max_new_tokens
         if n > block_size:
-            fix = (f"lower --max_new_tokens, or pretrain a new base with a larger --block_size (the --init "
+            fix = ("lower --max_new_tokens, or pretrain a new base with a larger --block_size (the --init "
                    "model's block is fixed)" if from_init else "raise --block_size or lower --max_new_tokens")
             raise ValueError(f"prompt {p.prompt[:40]!r} ({n - max_new_tokens} tokens) + max_new_tokens "
                              f"{max_new_tokens} = {n} > block_size {block_size}: {fix}")
