@@ -273,6 +273,24 @@ def test_setting_is_an_error_in_a_mode_that_does_not_read_it(setting):
                 train.make_config(**kw)
 
 
+@pytest.mark.parametrize("mode", train.MODES)
+def test_mode_help_names_its_defaults_and_every_setting_it_refuses(mode, capsys):
+    """`python train.py sft --help` printed the same text as every other mode's, listing --tau as if sft
+    took it; its epilog now says the mode's filled defaults and exactly the settings it refuses."""
+    with pytest.raises(SystemExit):
+        train.parse_args([mode, "--help"])
+    epilog = " ".join(capsys.readouterr().out.split(f"mode {mode}: ")[1].split())
+    named = set(re.findall(r"--(\w+)", epilog.split("It ")[1]))
+    if mode == "demo":
+        assert named == set(train.DEMO_READS[1:])
+    else:
+        assert named == {k for k, modes in train.READ_BY.items() if mode not in modes}
+        assert f"--out out/{mode}" in epilog
+    if mode in train.TRAINING:
+        d = train.MODE_DEFAULTS[mode]
+        assert f"--steps {d['steps']}," in epilog and f"--lr {d['lr']}," in epilog
+
+
 def one_step(mode, monkeypatch):
     """(config, step): step(config) -> (loss, metrics) of one train_step of mode, on a tiny random
     model (and, for grpo's KL, another as the reference), the same every call. The verifier is
