@@ -1293,8 +1293,9 @@ def cli():
     except KeyboardInterrupt:  # Ctrl-C: what was kept, and how to go on, instead of a traceback
         if os.environ.get("GFT_DEBUG") == "1":
             raise
-        print("interrupted (Ctrl-C): a training run keeps its last checkpoint in --out (the steps since are "
-              "lost); the same command with --resume true continues from it", file=sys.stderr)
+        print("interrupted (Ctrl-C): a training run keeps the last checkpoint it wrote in --out (one every "
+              "--ckpt_every steps; the steps since are lost); the same command with --resume true continues from "
+              "it, or starts afresh if none was written yet", file=sys.stderr)
         sys.exit(130)
 
 

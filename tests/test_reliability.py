@@ -782,9 +782,10 @@ def test_ctrl_c_is_one_line_on_stderr_saying_how_to_go_on_and_keeps_the_checkpoi
     finally:
         p.kill()  # a run that ignored the signal must not outlive the test (no-op once it has exited)
     assert p.returncode == 130 and "Traceback" not in err, err
-    assert err.strip().splitlines()[-1] == ("interrupted (Ctrl-C): a training run keeps its last checkpoint in --out "
-                                            "(the steps since are lost); the same command with --resume true "
-                                            "continues from it")
+    assert err.strip().splitlines()[-1] == ("interrupted (Ctrl-C): a training run keeps the last checkpoint it wrote "
+                                            "in --out (one every --ckpt_every steps; the steps since are lost); the "
+                                            "same command with --resume true continues from it, or starts afresh if "
+                                            "none was written yet")
     assert train.load_checkpoint(os.path.join(out, "ckpt.pt"))["step"] >= 2
 
 
