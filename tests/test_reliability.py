@@ -795,7 +795,9 @@ def test_unknown_device_is_an_error_naming_it():
 
 
 def test_gft_debug_shows_the_traceback(tmp_path):
-    p = cli("sft", "--init", str(tmp_path / "nowhere.pt"), debug=True)
+    # --out under tmp_path: the default out/sft is the repository's, where the README's sft command leaves a run,
+    # and then check_out's "already holds a run" was raised before the missing --init
+    p = cli("sft", "--init", str(tmp_path / "nowhere.pt"), "--out", str(tmp_path / "o"), debug=True)
     assert p.returncode == 1 and "Traceback" in p.stderr and "FileNotFoundError" in p.stderr
 
 
