@@ -949,8 +949,9 @@ def warn_settings(cfg, pool):
     per_step = prompts_drawn(cfg)
     if per_step and per_step > pool:
         print(f"WARNING: a step draws {per_step} prompts from a pool of {pool}: more than it holds, so each step "
-              f"draws with replacement and repeats prompts (lower --batch_size / --prompts_per_step, or give "
-              f"more prompts)", file=sys.stderr)
+              f"draws with replacement and repeats prompts (lower "
+              f"{'--batch_size' if cfg.mode in ('sft', 'dft') else '--prompts_per_step'}, or give more prompts)",
+              file=sys.stderr)
     if cfg.mode in TRAINING and cfg.warmup > cfg.steps:
         print(f"WARNING: --warmup {cfg.warmup} > --steps {cfg.steps}: the learning rate only reaches "
               f"{lr_at(cfg.steps - 1, cfg):.3g} of --lr {cfg.lr:g} (lower --warmup)", file=sys.stderr)

@@ -367,6 +367,9 @@ def test_settings_that_run_but_may_mislead_are_warned_about(base, tmp_path, caps
     main("sft", "--init", base, "--data", path, "--batch_size", "64", "--steps", "2", "--out", str(tmp_path / "o"))
     err = capsys.readouterr().err
     assert "WARNING: a step draws 64 prompts from a pool of 45: more than it holds" in err
+    assert "(lower --batch_size, or give more prompts)" in err  # the mode's own setting: gft refuses --batch_size
+    train.warn_settings(train.make_config(mode="gft", init="x.pt", prompts_per_step=64), 45)
+    assert "(lower --prompts_per_step, or give more prompts)" in capsys.readouterr().err
     assert "WARNING: --warmup 20 > --steps 2: the learning rate only reaches 3e-06 of --lr 3e-05" in err
     main("sft", "--init", base, "--data", path, "--batch_size", "8", "--steps", "2", "--warmup", "1",
          "--out", str(tmp_path / "p"))
