@@ -25,6 +25,7 @@ import os
 import random
 import statistics
 import sys
+import textwrap
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -178,8 +179,31 @@ READ_BY = {  # settings read by some modes only: in any other a value other than
 DEMO_READS = ("mode", "out", "seed", "device", "expert_style", "eval_n", "passk_problems", "passk_n", "kl_n")
 
 
+def mode_help(mode):
+    """The epilog of `python train.py MODE --help`: the mode's filled defaults and the settings it
+    does not read (an error if given), from MODE_DEFAULTS, READ_BY and DEMO_READS."""
+    d = fill_defaults(Config(mode=mode))
+    shown = {"pretrain": ("steps", "lr", "warmup", "schedule"), "gft": ("steps", "lr", "warmup", "schedule", "n_rollout"),
+             "grpo": ("steps", "lr", "warmup", "schedule", "n_rollout"), "demo": ("expert_style",)}
+    keys = shown.get(mode, ("steps", "lr", "warmup", "schedule") if mode in TRAINING else ())
+    unread = ([k for k in Config.__dataclass_fields__ if k not in DEMO_READS] if mode == "demo" else
+              [k for k, modes in READ_BY.items() if mode not in modes])
+    text = f"mode {mode}: " + (f"defaults {', '.join(f'--{k} {getattr(d, k)}' for k in keys)}, --out {d.out}. "
+                               if keys else f"default --out {d.out}. ")
+    if mode == "demo":
+        text += (f"It fine-tunes {DEMO_STEPS} steps (DEMO_STEPS) each of SFT and GFT and reads only "
+                 f"{', '.join('--' + k for k in DEMO_READS[1:])}; any other setting is an error.")
+    else:
+        text += f"It does not read (an error if given): {', '.join('--' + k for k in unread)}."
+    return textwrap.fill(text, 100)
+
+
 def parse_args(argv=None):
+    args = sys.argv[1:] if argv is None else list(argv)
+    mode = args[0] if args and args[0] in MODES else None  # for the help's epilog only: argparse reads the mode
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=mode_help(mode) if mode else "python train.py MODE --help adds the mode's "
+                                "defaults and the settings it does not read",
                                 allow_abbrev=False)  # --ta 0.5 is an unknown setting, not --tau
     p.add_argument("mode", nargs="?", default="demo", choices=MODES, help="what to do (default: demo)")
     for f in dataclasses.fields(Config):
@@ -314,7 +338,7 @@ def check_config(cfg):
     if unread:
         raise ValueError(f"{', '.join(unread)}: mode {cfg.mode} does not read "
                          f"{'this setting' if len(unread) == 1 else 'these settings'} (it would do nothing); "
-                         f"leave it unset (train.py:READ_BY says which modes read what)")
+                         f"leave it unset (python train.py {cfg.mode} --help lists what it does not read)")
     return cfg
 
 
@@ -925,8 +949,9 @@ def warn_settings(cfg, pool):
     per_step = prompts_drawn(cfg)
     if per_step and per_step > pool:
         print(f"WARNING: a step draws {per_step} prompts from a pool of {pool}: more than it holds, so each step "
-              f"draws with replacement and repeats prompts (lower --batch_size / --prompts_per_step, or give "
-              f"more prompts)", file=sys.stderr)
+              f"draws with replacement and repeats prompts (lower "
+              f"{'--batch_size' if cfg.mode in ('sft', 'dft') else '--prompts_per_step'}, or give more prompts)",
+              file=sys.stderr)
     if cfg.mode in TRAINING and cfg.warmup > cfg.steps:
         print(f"WARNING: --warmup {cfg.warmup} > --steps {cfg.steps}: the learning rate only reaches "
               f"{lr_at(cfg.steps - 1, cfg):.3g} of --lr {cfg.lr:g} (lower --warmup)", file=sys.stderr)
@@ -1269,8 +1294,9 @@ def cli():
     except KeyboardInterrupt:  # Ctrl-C: what was kept, and how to go on, instead of a traceback
         if os.environ.get("GFT_DEBUG") == "1":
             raise
-        print("interrupted (Ctrl-C): a training run keeps its last checkpoint in --out (the steps since are "
-              "lost); the same command with --resume true continues from it", file=sys.stderr)
+        print("interrupted (Ctrl-C): a training run keeps the last checkpoint it wrote in --out (one every "
+              "--ckpt_every steps; the steps since are lost); the same command with --resume true continues from "
+              "it, or starts afresh if none was written yet", file=sys.stderr)
         sys.exit(130)
 
 

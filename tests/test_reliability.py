@@ -273,6 +273,24 @@ def test_setting_is_an_error_in_a_mode_that_does_not_read_it(setting):
                 train.make_config(**kw)
 
 
+@pytest.mark.parametrize("mode", train.MODES)
+def test_mode_help_names_its_defaults_and_every_setting_it_refuses(mode, capsys):
+    """`python train.py sft --help` printed the same text as every other mode's, listing --tau as if sft
+    took it; its epilog now says the mode's filled defaults and exactly the settings it refuses."""
+    with pytest.raises(SystemExit):
+        train.parse_args([mode, "--help"])
+    epilog = " ".join(capsys.readouterr().out.split(f"mode {mode}: ")[1].split())
+    named = set(re.findall(r"--(\w+)", epilog.split("It ")[1]))
+    if mode == "demo":
+        assert named == set(train.DEMO_READS[1:])
+    else:
+        assert named == {k for k, modes in train.READ_BY.items() if mode not in modes}
+        assert f"--out out/{mode}" in epilog
+    if mode in train.TRAINING:
+        d = train.MODE_DEFAULTS[mode]
+        assert f"--steps {d['steps']}," in epilog and f"--lr {d['lr']}," in epilog
+
+
 def one_step(mode, monkeypatch):
     """(config, step): step(config) -> (loss, metrics) of one train_step of mode, on a tiny random
     model (and, for grpo's KL, another as the reference), the same every call. The verifier is
@@ -349,6 +367,9 @@ def test_settings_that_run_but_may_mislead_are_warned_about(base, tmp_path, caps
     main("sft", "--init", base, "--data", path, "--batch_size", "64", "--steps", "2", "--out", str(tmp_path / "o"))
     err = capsys.readouterr().err
     assert "WARNING: a step draws 64 prompts from a pool of 45: more than it holds" in err
+    assert "(lower --batch_size, or give more prompts)" in err  # the mode's own setting: gft refuses --batch_size
+    train.warn_settings(train.make_config(mode="gft", init="x.pt", prompts_per_step=64), 45)
+    assert "(lower --prompts_per_step, or give more prompts)" in capsys.readouterr().err
     assert "WARNING: --warmup 20 > --steps 2: the learning rate only reaches 3e-06 of --lr 3e-05" in err
     main("sft", "--init", base, "--data", path, "--batch_size", "8", "--steps", "2", "--warmup", "1",
          "--out", str(tmp_path / "p"))
@@ -764,9 +785,10 @@ def test_ctrl_c_is_one_line_on_stderr_saying_how_to_go_on_and_keeps_the_checkpoi
     finally:
         p.kill()  # a run that ignored the signal must not outlive the test (no-op once it has exited)
     assert p.returncode == 130 and "Traceback" not in err, err
-    assert err.strip().splitlines()[-1] == ("interrupted (Ctrl-C): a training run keeps its last checkpoint in --out "
-                                            "(the steps since are lost); the same command with --resume true "
-                                            "continues from it")
+    assert err.strip().splitlines()[-1] == ("interrupted (Ctrl-C): a training run keeps the last checkpoint it wrote "
+                                            "in --out (one every --ckpt_every steps; the steps since are lost); the "
+                                            "same command with --resume true continues from it, or starts afresh if "
+                                            "none was written yet")
     assert train.load_checkpoint(os.path.join(out, "ckpt.pt"))["step"] >= 2
 
 
@@ -776,7 +798,9 @@ def test_unknown_device_is_an_error_naming_it():
 
 
 def test_gft_debug_shows_the_traceback(tmp_path):
-    p = cli("sft", "--init", str(tmp_path / "nowhere.pt"), debug=True)
+    # --out under tmp_path: the default out/sft is the repository's, where the README's sft command leaves a run,
+    # and then check_out's "already holds a run" was raised before the missing --init
+    p = cli("sft", "--init", str(tmp_path / "nowhere.pt"), "--out", str(tmp_path / "o"), debug=True)
     assert p.returncode == 1 and "Traceback" in p.stderr and "FileNotFoundError" in p.stderr
 
 
