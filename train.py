@@ -429,6 +429,14 @@ def step_rng(seed, step, tag):
     return random.Random(f"{seed}:{step}:{tag}")
 
 
+def rank_tag(tag, rank):
+    """The stream tag of this rank's own samples (rollouts, teachers, pretraining's orders): each
+    rank draws independently of the others (the same stream on every rank would repeat one rank's
+    noise on the others' prompts: the same teacher slips, the same sampling draws); rank 0 keeps the
+    single-process tag, so a one-process run is unchanged."""
+    return tag if rank == 0 else f"{tag}@rank{rank}"
+
+
 def torch_gen(seed, step, tag, device):
     g = torch.Generator(device=device)
     g.manual_seed(int(hashlib.sha256(f"{seed}:{step}:{tag}".encode()).hexdigest()[:15], 16))
@@ -517,20 +525,22 @@ def autocast(device):
 
 # ----------------------------------------------------------------------------- groups
 
-def sample_rollouts(model, tok, problems, cfg, step, n_rollout):
-    """This step's n_rollout samples per problem at --temperature: sample's (responses, stopped)."""
+def sample_rollouts(model, tok, problems, cfg, step, n_rollout, rank=0):
+    """This step's n_rollout samples per problem at --temperature, from this rank's stream:
+    sample's (responses, stopped)."""
     dev = next(model.parameters()).device
-    gen = torch_gen(cfg.seed, step, "rollout", dev)
+    gen = torch_gen(cfg.seed, step, rank_tag("rollout", rank), dev)
     fast = cfg.fast_decode if cfg.fast_decode is not None else dev.type == "cuda"  # unset: the device decides
     return sample(model, tok, [p.prompt for p in problems], n_rollout, cfg.temperature, cfg.max_new_tokens, gen,
                   fast=fast, compile_step=fast and cfg.compile)
 
 
-def build_groups(tok, problems, cfg, step, n_expert, n_teacher, rollouts=([], []), correct_only=False):
-    """One hybrid group per problem: experts, teachers, then the rollouts (sample_rollouts' output,
-    n per problem in problem order), each scored by the verifier. correct_only: only teacher solutions
-    the verifier accepts (SFT(mix)). Returns (groups, info for the logs)."""
-    rng = step_rng(cfg.seed, step, "teacher")
+def build_groups(tok, problems, cfg, step, n_expert, n_teacher, rollouts=([], []), correct_only=False, rank=0):
+    """One hybrid group per problem: experts, teachers (from this rank's stream), then the rollouts
+    (sample_rollouts' output, n per problem in problem order), each scored by the verifier.
+    correct_only: only teacher solutions the verifier accepts (SFT(mix)). Returns (groups, info for
+    the logs)."""
+    rng = step_rng(cfg.seed, step, rank_tag("teacher", rank))
     rollouts, stopped = rollouts
     n_rollout = len(rollouts) // len(problems)
     groups = []
@@ -608,7 +618,7 @@ def train_step(model, logprob_fn, tok, cfg, step, pool, ref_model, rank, world):
 def step_groups(model, tok, cfg, step, pool, rank, world):
     """This step's groups for this rank, as the mode builds them, and info for the logs."""
     if cfg.mode == "pretrain":  # language modelling on the base mix, loss on the solution only
-        rng = step_rng(cfg.seed, step, "base")
+        rng = step_rng(cfg.seed, step, rank_tag("base", rank))
         task = D.TaskConfig(base_mix=parse_mix(cfg.base_mix)) if cfg.base_mix else D.TaskConfig()
         probs = D.make_split("base", cfg.batch_size, seed=f"{cfg.seed}:{step}", cfg=task)[rank::world]
         groups = [gft.Group(tok.encode(p.prompt),
@@ -617,12 +627,12 @@ def step_groups(model, tok, cfg, step, pool, rank, world):
         info = {}
     elif cfg.mode in ("sft", "dft"):  # demonstrations, reward 1 (tests: GFT(tau=0) on one expert == SFT)
         probs = draw(pool, prompts_drawn(cfg), cfg.seed, step, rank, world)
-        groups, info = build_groups(tok, probs, cfg, step, 1, cfg.sft_teachers, correct_only=True)
+        groups, info = build_groups(tok, probs, cfg, step, 1, cfg.sft_teachers, correct_only=True, rank=rank)
     else:
         probs = draw(pool, prompts_drawn(cfg), cfg.seed, step, rank, world)
         n_e, n_t = (cfg.n_expert, cfg.n_teacher) if cfg.mode == "gft" else (0, 0)
-        rollouts = sample_rollouts(model, tok, probs, cfg, step, cfg.n_rollout)
-        groups, info = build_groups(tok, probs, cfg, step, n_e, n_t, rollouts)
+        rollouts = sample_rollouts(model, tok, probs, cfg, step, cfg.n_rollout, rank)
+        groups, info = build_groups(tok, probs, cfg, step, n_e, n_t, rollouts, rank=rank)
     return groups, info
 
 

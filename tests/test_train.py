@@ -169,7 +169,8 @@ def test_two_ddp_processes_match_one_process_on_the_same_global_batch(base, tmp_
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
            os.path.join(ROOT, "train.py"), *args, "--out", str(tmp_path / "two")]
     p = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    # stderr's head too: a rank's own message comes before torchrun's long summary of the failure
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[:3000] + "\n[...]\n" + p.stderr[-1500:]
     a, b = weights(str(tmp_path / "one" / "ckpt.pt")), weights(str(tmp_path / "two" / "ckpt.pt"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
@@ -506,6 +507,28 @@ def test_rollouts_are_a_function_of_seed_and_step_alone(base):
              for seed, step in [(1, 0), (1, 1), (2, 0)]}
     assert draws[1, 0] == train.sample_rollouts(model, tok, probs, dataclasses.replace(cfg, seed=1), 0, 4)[0]
     assert draws[1, 0] != draws[1, 1] and draws[1, 0] != draws[2, 0]  # a step or a seed of its own: other samples
+
+
+def test_each_rank_draws_its_own_rollouts_and_teachers(base):
+    """Under torchrun every rank built its groups from the step's one stream: on the same prompts two
+    ranks drew the same rollouts and the same teacher slips, one rank's noise repeated on the others.
+    A pool of four copies of one problem gives both ranks the same prompts, so their groups differ
+    only by their draws. Each rank's draws are still a function of (seed, step, rank); rank 0 keeps
+    the single-process stream (test_build_groups_gives_each_problem_... pins it for teachers)."""
+    model = train.model_from_checkpoint(train.load_checkpoint(base)).eval()
+    tok = D.Tokenizer()
+    pool = D.make_split("train", 1, seed=3) * 4
+    cfg = train.make_config(mode="gft", init=base, max_new_tokens=48, prompts_per_step=4, n_rollout=4,
+                            n_teacher=3, teacher_error=0.5)
+
+    def drawn(rank, world, source):
+        groups, _ = train.step_groups(model, tok, cfg, 5, pool, rank, world)
+        return [[r.tokens for r in g.responses if r.source == source] for g in groups]
+
+    for source in ("rollout", "teacher"):
+        ranks = [drawn(r, 2, source) for r in (0, 1)]
+        assert ranks[0] != ranks[1], source  # the same two prompts on each rank, other draws
+        assert ranks[1] == drawn(1, 2, source), source  # reproducible: nothing to save in a checkpoint
 
 
 def test_kl_to_base_is_the_forward_kl_per_response_token_one_sequence_at_a_time(base):
