@@ -76,7 +76,7 @@ python -c "import pytest_timeout" 2>/dev/null && TIMEOUT=(--timeout 150)
 for s in $STAGES; do
   case $s in
     info)      stage info 60 bash -c info ;;
-    gpu_tests) stage gpu_tests 240 python -m pytest -q -x -rs tests/test_gpu.py ;;
+    gpu_tests) stage gpu_tests 240 python -m pytest -q -rfs tests/test_gpu.py ;;  # no -x: every failure, in one run
     bench)     stage bench 420 python experiments/bench.py ${BENCH_ARGS:---quick} "${NANO[@]}" ;;
     suite)     stage suite 600 env OMP_NUM_THREADS=1 python -m pytest -q -rf "${XDIST[@]}" "${TIMEOUT[@]}" "${SKIP_GPU[@]}" tests ;;
     *)         echo "unknown stage $s (info gpu_tests bench suite)"; exit 2 ;;
