@@ -67,7 +67,7 @@ NANO=()
 SKIP_GPU=()  # tests/test_gpu.py already ran as its own stage: the two stages together are the whole suite
 [[ " $STAGES " == *" gpu_tests "* ]] && SKIP_GPU=(--ignore tests/test_gpu.py)
 XDIST=()
-# each DDP test has its own fixed port; one thread per worker (OMP_NUM_THREADS below), so workers ~ 3/4 of the cores
+# each torchrun test picks a free port (--standalone); one thread per worker (OMP_NUM_THREADS below), so workers ~ 3/4 of the cores
 WORKERS=$(( $(nproc) * 3 / 4 )); (( WORKERS < 1 )) && WORKERS=1
 python -c "import xdist" 2>/dev/null && XDIST=(-n "${XDIST_N:-$WORKERS}")
 TIMEOUT=()  # one hung test must not take the whole stage: every failure is listed (no -x)

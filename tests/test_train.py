@@ -162,11 +162,12 @@ def test_two_ddp_processes_match_one_process_on_the_same_global_batch(base, tmp_
     if shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")):
         pytest.fail("torchrun not found next to the Python interpreter")
     # --device cpu: two gloo processes on the CPU, also on a machine with one GPU (auto would
-    # give each process cuda:LOCAL_RANK and stop: test_more_processes_than_gpus_stop_with_what_to_do)
+    # give each process cuda:LOCAL_RANK and stop: test_more_processes_than_gpus_stop_with_what_to_do).
+    # --standalone: a free port, so two test sessions at once on one machine cannot collide (EADDRINUSE)
     args = ["sft", "--init", base, "--steps", "2", "--batch_size", "6", "--device", "cpu", *FAST]
     train.main(args + ["--out", str(tmp_path / "one")])
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
            os.path.join(ROOT, "train.py"), *args, "--out", str(tmp_path / "two")]
     p = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     # stderr's head too: a rank's own message comes before torchrun's long summary of the failure
