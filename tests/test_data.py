@@ -74,6 +74,17 @@ def test_decode_response_stops_at_first_eos(head, tail):
     assert TOK.decode_response(TOK.encode(head)) == head  # no eos: everything
 
 
+def test_decode_turns_a_cut_off_multibyte_character_into_the_replacement_character():
+    """The docstring's promise: invalid UTF-8 (a sampled byte sequence that stops mid-character)
+    decodes to U+FFFD, never silently to nothing and never an exception."""
+    euro = TOK.encode("€")  # three bytes
+    assert len(euro) == 3
+    for cut in (1, 2):
+        text = TOK.decode(TOK.encode("a") + euro[:cut] + TOK.encode("b"))
+        assert text.startswith("a") and text.endswith("b") and "\ufffd" in text, text
+    assert TOK.decode_response(euro[:2] + [TOK.eos_id] + euro).count("\ufffd") >= 1
+
+
 def test_unknown_tokenizer_name_raises_value_error_naming_it():
     with pytest.raises(ValueError, match="no-such-encoding"):
         Tokenizer("no-such-encoding")
