@@ -216,6 +216,27 @@ def test_verify_trace_rejects_right_answer_from_wrong_trace_that_verify_accepts(
         verify_trace(p.expert, Problem(prompt="q", answer="1", expert="#### 1"))
 
 
+@pytest.mark.parametrize("text,why", [
+    ("23+45=68x;68+12=80;80+67=147;#### 147", "junk after a step"),
+    ("23+45=68;68+12=80;80+67=1470;#### 147", "a wrong last result"),
+])
+def test_verify_trace_rejects_malformed_steps(text, why):
+    p = make_problem([23, 45, 12, 67])
+    assert verify_trace(text, p) == 0.0, why
+
+
+def test_verify_trace_uses_every_operand_once_and_only_the_problem_s_operation():
+    """With a zero operand, a trace that skips it or that subtracts where the problem adds reaches
+    the right number: the strict check still refuses both (each operand used once, the problem's op)."""
+    assert verify_trace("5+3=8;#### 8", make_problem([5, 0, 3])) == 0.0  # the 0 left unused
+    assert verify_trace("5+0=5;5+3=8;#### 8", make_problem([5, 0, 3])) == 1.0
+    assert verify_trace("5-0=5;#### 5", make_problem([5, 0])) == 0.0  # a difference for a sum
+    assert verify_trace("1+1=2;2-2=0;#### 0", make_problem([2, 1, 1], "-")) == 0.0  # a sum inside a difference
+    assert verify_trace("2-1=1;1-1=0;#### 0", make_problem([2, 1, 1], "-")) == 1.0
+    assert verify_trace("3-1=2;1-0=1;2-1=1;#### 1", make_problem([3, 1, 1, 0], "-")) == 0.0  # 3-1-(1-0): regrouped
+    assert verify_trace("3-1=2;2-1=1;1-0=1;#### 1", make_problem([3, 1, 1, 0], "-")) == 1.0
+
+
 # ----------------------------------------------------------------------------- task and splits
 
 def test_typical_problems_have_several_distinct_correct_teacher_paths():
