@@ -3,6 +3,7 @@
 Everything here is CPU-only, offline and seeded; hypothesis runs derandomized.
 """
 import collections
+import itertools
 import json
 import os
 import random
@@ -327,6 +328,62 @@ def test_a_used_up_split_fails_after_few_draws_and_a_full_one_is_still_found(mon
     size = sum(bucket(q) in data._BUCKETS[name] for q in every)
     assert len(every) == 729 and len(make_split(name, size, cfg=cfg)) == size  # the whole split, found
 
+
+@pytest.mark.parametrize("split", ["train", "val", "test", "ood", "probe", "easy", "base"])
+def test_operands_are_drawn_from_the_whole_digit_range(split):
+    """2-digit operands are every number in [10, 99]: both ends are reached (an off-by-one in the
+    range would drop 10 or 99 and, for the probes, the problems that use them)."""
+    values = collections.Counter(x for p in make_split(split, 400, seed=11) for x in p.operands)
+    assert set(values) == set(range(10, 100)), sorted(set(range(10, 100)) - set(values))
+
+
+@pytest.mark.parametrize("mix", [TaskConfig().base_mix, {3: 1.0, 6: 3.0}])
+def test_base_operand_counts_follow_the_base_mix_weights(mix):
+    """Pretraining's sums take their operand count from base_mix, in proportion to its weights
+    (the weights are what makes 4- and 5-operand problems frequent enough for the base)."""
+    cfg = TaskConfig(base_mix=mix)
+    sums = [p for p in make_split("base", 4000, seed=12, cfg=cfg) if p.op == "+"]
+    counts = collections.Counter(len(p.operands) for p in sums)
+    total = sum(mix.values())
+    for k, w in mix.items():  # ~3600 sums: standard error <= 0.009
+        assert abs(counts[k] / len(sums) - w / total) < 0.04, (k, counts)
+    assert set(counts) == set(mix)
+
+
+def test_splits_of_one_family_occupy_disjoint_buckets_and_base_shares_none():
+    """Splits are disjoint by construction (a problem's bucket is a hash of its prompt), not by luck:
+    with 65M possible 4-operand sums two random draws of 300 never meet, so the sets of buckets are
+    what is compared. train, val and test draw the same problems and must not share a bucket; base
+    (which holds every family) shares a bucket with no other split."""
+    seen = {s: {bucket(p.prompt) for p in make_split(s, 300, seed=13)} for s in SPLITS}
+    for a, b in [("train", "val"), ("train", "test"), ("val", "test")] + [("base", s) for s in SPLITS[1:]]:
+        assert not seen[a] & seen[b], (a, b, seen[a], seen[b])
+    assert set().union(*seen.values()) == set(range(10))
+
+
+def test_whole_splits_of_a_small_task_are_disjoint():
+    """With 1-digit operands there are 9^3 = 729 three-operand sums: each split asked for all of its
+    problems must still share none with another (a bucket range that overlaps would show here)."""
+    cfg = TaskConfig(digits=1, train_ops=3, ood_ops=4)
+    every = ["Q:" + "+".join(map(str, xs)) + "=" for xs in itertools.product(range(1, 10), repeat=3)]
+    full = {}
+    for s in ("train", "val", "test"):
+        size = sum(bucket(q) in data._BUCKETS[s] for q in every)
+        full[s] = {p.prompt for p in make_split(s, size, cfg=cfg)}
+        assert len(full[s]) == size
+    assert not full["train"] & full["val"] and not full["train"] & full["test"] and not full["val"] & full["test"]
+    assert len(full["train"] | full["val"] | full["test"]) < len(every)  # the base buckets keep the rest
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(base_mix={1: 1.0}), "base_mix"), (dict(base_mix={}), "base_mix"), (dict(base_mix={3: -1.0}), "base_mix"),
+    (dict(base_mix={3: 0.0}), "base_mix"), (dict(expert_style="wavy"), "expert_style"), (dict(digits=0), "digits"),
+    (dict(digits=7), "digits"), (dict(ood_ops=10), "ood_ops"), (dict(shuffle_share=-0.1), "shuffle_share"),
+])
+def test_invalid_task_config_raises_naming_the_setting(kwargs, name):
+    with pytest.raises(ValueError, match=f"TaskConfig.{name}"):
+        TaskConfig(**kwargs)
+
 # ----------------------------------------------------------------------------- JSONL
 
 def test_shipped_example_jsonl_loads_and_experts_verify():
@@ -334,6 +391,16 @@ def test_shipped_example_jsonl_loads_and_experts_verify():
     assert len(problems) == 50
     for p in problems:
         assert verify(p.expert, p.answer) == 1.0 and len(p.teachers) == 3
+
+
+def test_shipped_example_jsonl_is_exactly_what_python_data_py_writes(tmp_path):
+    """`python data.py` regenerates data/example.jsonl; the committed results are built on the same
+    draws (each split's seed stream, the operand ranges, the teachers' orders and slips). Any change
+    to what the generator draws changes this file, so it is pinned byte for byte."""
+    path = tmp_path / "example.jsonl"
+    write_jsonl(str(path), make_split("train", 50))
+    with open(os.path.join(DATA_DIR, "example.jsonl"), "rb") as f:
+        assert path.read_bytes() == f.read()
 
 
 def test_gsm8k_sample_loads_and_every_solution_verifies(capsys):
