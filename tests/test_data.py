@@ -384,6 +384,37 @@ def test_invalid_task_config_raises_naming_the_setting(kwargs, name):
     with pytest.raises(ValueError, match=f"TaskConfig.{name}"):
         TaskConfig(**kwargs)
 
+
+def tree_steps(xs):
+    """The tree expert's steps, from a formula rather than a loop over levels: at level L (blocks of
+    2^L operands, aligned from the left), step j adds block 2j to block 2j + 1 whenever block 2j + 1
+    is not empty. An odd one out is a short last block, so it moves up as it is."""
+    out, size = [], 1
+    while size < len(xs):
+        for start in range(0, len(xs), 2 * size):
+            left, right = xs[start:start + size], xs[start + size:start + 2 * size]
+            if right:
+                out.append((sum(left), "+", sum(right), sum(left) + sum(right)))
+        size *= 2
+    return out
+
+
+@FAST
+@given(st.lists(st.integers(10, 99), min_size=2, max_size=9))
+def test_tree_expert_adds_aligned_neighbouring_blocks_at_every_level(xs):
+    """Every level of the tree, not only the first, pairs neighbours: checked against tree_steps."""
+    p = make_problem(xs, style="tree")
+    assert data.parse_steps(p.expert) == (tree_steps(xs), str(sum(xs)))
+
+
+def test_tree_style_leaves_a_subtraction_a_running_difference():
+    """A difference has no regrouping, so the tree style writes the chain (data.tree_sum's docstring);
+    the probe family under the tree style still has right, strictly verified experts."""
+    cfg = TaskConfig(expert_style="tree")
+    for p in make_split("probe", 200, seed=14, cfg=cfg):
+        assert p.expert == data.running_sum(p.operands, "-") and verify_trace(p.expert, p) == 1.0
+    assert make_problem([90, 20, 10, 5], "-", style="tree").expert == "90-20=70;70-10=60;60-5=55;#### 55"
+
 # ----------------------------------------------------------------------------- JSONL
 
 def test_shipped_example_jsonl_loads_and_experts_verify():
