@@ -250,6 +250,72 @@ def test_typical_problems_have_several_distinct_correct_teacher_paths():
     assert many >= 0.95 * len(problems), many
 
 
+def classify_slip(text, problem):
+    """Which slip a wrong teacher carries, read from its text apart from data.py: ("copy", position, None)
+    when every step is right arithmetic but one operand was miscopied (same number of digits, one digit
+    changed); ("carry", step, delta) when the operands are the problem's and exactly one step's result
+    is off by delta, the later steps computed from it. None for anything else."""
+    body, sep, final = text.rpartition("#### ")
+    if not sep or not body.endswith(";"):
+        return None
+    steps = [re.fullmatch(r"(-?\d+)([+-])(-?\d+)=(-?\d+)", s) for s in body[:-1].split(";")]
+    if not all(steps) or any(m[2] != problem.op for m in steps):
+        return None
+    steps = [(int(m[1]), int(m[3]), int(m[4])) for m in steps]
+    if any(steps[i][0] != steps[i - 1][2] for i in range(1, len(steps))) or final != str(steps[-1][2]):
+        return None  # not a chain: every slip is written as a running sum
+    used = [steps[0][0]] + [b for _, b, _ in steps]
+    off = [(i, c - (a + b if problem.op == "+" else a - b)) for i, (a, b, c) in enumerate(steps)]
+    off = [(i, d) for i, d in off if d]
+    if problem.op == "-" and sorted(used[1:]) != sorted(problem.operands[1:]) and used[0] != problem.operands[0]:
+        return None  # a difference keeps its first operand first (unless that one was miscopied)
+    if not off:
+        extra, missing = collections.Counter(used) - collections.Counter(problem.operands), \
+            collections.Counter(problem.operands) - collections.Counter(used)
+        if sum(extra.values()) != 1 or sum(missing.values()) != 1:
+            return None
+        new, old = str(next(iter(extra))), str(next(iter(missing)))
+        if len(new) != len(old) or sum(u != v for u, v in zip(new, old)) != 1:
+            return None
+        return ("copy", used.index(int(new)), None)
+    if len(off) == 1 and sorted(used) == sorted(problem.operands) and off[0][1] in (-10, -1, 1, 10):
+        return ("carry", off[0][0], off[0][1])
+    return None
+
+
+@pytest.mark.parametrize("split", ["train", "ood", "probe"])
+def test_every_slip_is_one_miscopied_digit_or_one_carry_and_both_kinds_occur_everywhere(split):
+    """_slip's promise: a miscopied operand digit or a partial result off by 1 or 10, propagated.
+    Every wrong teacher is exactly one of those; half are each kind; the copy slip hits every
+    operand position and the carry slip every step, with every delta; a carry slip never writes a
+    negative partial result."""
+    rng = random.Random(15)
+    problems = make_split(split, 300, seed=15)
+    kinds = [(p, t, classify_slip(t, p)) for p in problems for t in teacher_solutions(p, 4, rng, 1.0)]
+    assert all(k is not None for _, _, k in kinds), next((p.prompt, t) for p, t, k in kinds if k is None)
+    n_ops = len(problems[0].operands)
+    copy = collections.Counter(pos for _, _, (kind, pos, _) in kinds if kind == "copy")
+    carry = collections.Counter((pos, d) for _, _, (kind, pos, d) in kinds if kind == "carry")
+    assert abs(sum(copy.values()) / len(kinds) - 0.5) < 0.05, copy  # 1200 slips: standard error 0.015
+    assert set(copy) == set(range(n_ops)), copy
+    assert {pos for pos, _ in carry} == set(range(n_ops - 1)), carry
+    assert {d for _, d in carry} == {-10, -1, 1, 10}, carry
+    for p, t, (kind, _, _) in kinds:
+        if kind == "carry":
+            assert "=-" not in t, (p.prompt, t)
+
+
+def test_wrong_teachers_take_random_orders_too():
+    """Each teacher solution takes a random operand order, the wrong ones included: a slipped
+    teacher written in the canonical order (position for position, up to the slipped operand)
+    is as rare as a right one in that order (1 in 24 for 4 distinct operands)."""
+    rng = random.Random(16)
+    problems = [p for p in make_split("train", 300, seed=16) if len(set(p.operands)) == 4]
+    wrong = [(p, t) for p in problems for t in teacher_solutions(p, 4, rng, 1.0)]
+    canonical = sum(sum(x == y for x, y in zip(solution_order(t), p.operands)) >= 3 for p, t in wrong)
+    assert canonical / len(wrong) < 0.1, canonical / len(wrong)
+
+
 @pytest.mark.parametrize("cfg", [TaskConfig(), TaskConfig(train_ops=3, ood_ops=6)])
 def test_splits_are_disjoint(cfg):
     prompts = {s: {p.prompt for p in make_split(s, 300, seed=0, cfg=cfg)} for s in SPLITS}
