@@ -536,6 +536,7 @@ BAD_FILES = {  # name: (file bytes, bad line number, words the message must cont
     "teachers not a list": (line(teachers="2+1=3;#### 3") + b"\n", 1, "'teachers' must be list"),
     "teachers not strings": (line() + b"\n" + line(teachers=["ok", 7]) + b"\n", 2, "list of strings"),
     "empty prompt": (line(prompt="") + b"\n", 1, "non-empty"),
+    "empty expert": (line() + b"\n" + line(expert="") + b"\n", 2, "non-empty"),
     "not utf-8": (line() + b"\n" + line()[:-2] + b'\xff"}' + b"\n", 2, "UTF-8"),
 }
 
