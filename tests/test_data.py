@@ -3,6 +3,7 @@
 Everything here is CPU-only, offline and seeded; hypothesis runs derandomized.
 """
 import collections
+import itertools
 import json
 import os
 import random
@@ -72,6 +73,17 @@ def test_decode_response_stops_at_first_eos(head, tail):
     ids = TOK.encode(head) + [TOK.eos_id] + TOK.encode(tail) + [TOK.eos_id, TOK.pad_id]
     assert TOK.decode_response(ids) == head
     assert TOK.decode_response(TOK.encode(head)) == head  # no eos: everything
+
+
+def test_decode_turns_a_cut_off_multibyte_character_into_the_replacement_character():
+    """The docstring's promise: invalid UTF-8 (a sampled byte sequence that stops mid-character)
+    decodes to U+FFFD, never silently to nothing and never an exception."""
+    euro = TOK.encode("€")  # three bytes
+    assert len(euro) == 3
+    for cut in (1, 2):
+        text = TOK.decode(TOK.encode("a") + euro[:cut] + TOK.encode("b"))
+        assert text.startswith("a") and text.endswith("b") and "\ufffd" in text, text
+    assert TOK.decode_response(euro[:2] + [TOK.eos_id] + euro).count("\ufffd") >= 1
 
 
 def test_unknown_tokenizer_name_raises_value_error_naming_it():
@@ -205,6 +217,27 @@ def test_verify_trace_rejects_right_answer_from_wrong_trace_that_verify_accepts(
         verify_trace(p.expert, Problem(prompt="q", answer="1", expert="#### 1"))
 
 
+@pytest.mark.parametrize("text,why", [
+    ("23+45=68x;68+12=80;80+67=147;#### 147", "junk after a step"),
+    ("23+45=68;68+12=80;80+67=1470;#### 147", "a wrong last result"),
+])
+def test_verify_trace_rejects_malformed_steps(text, why):
+    p = make_problem([23, 45, 12, 67])
+    assert verify_trace(text, p) == 0.0, why
+
+
+def test_verify_trace_uses_every_operand_once_and_only_the_problem_s_operation():
+    """With a zero operand, a trace that skips it or that subtracts where the problem adds reaches
+    the right number: the strict check still refuses both (each operand used once, the problem's op)."""
+    assert verify_trace("5+3=8;#### 8", make_problem([5, 0, 3])) == 0.0  # the 0 left unused
+    assert verify_trace("5+0=5;5+3=8;#### 8", make_problem([5, 0, 3])) == 1.0
+    assert verify_trace("5-0=5;#### 5", make_problem([5, 0])) == 0.0  # a difference for a sum
+    assert verify_trace("1+1=2;2-2=0;#### 0", make_problem([2, 1, 1], "-")) == 0.0  # a sum inside a difference
+    assert verify_trace("2-1=1;1-1=0;#### 0", make_problem([2, 1, 1], "-")) == 1.0
+    assert verify_trace("3-1=2;1-0=1;2-1=1;#### 1", make_problem([3, 1, 1, 0], "-")) == 0.0  # 3-1-(1-0): regrouped
+    assert verify_trace("3-1=2;2-1=1;1-0=1;#### 1", make_problem([3, 1, 1, 0], "-")) == 1.0
+
+
 # ----------------------------------------------------------------------------- task and splits
 
 def test_typical_problems_have_several_distinct_correct_teacher_paths():
@@ -215,6 +248,72 @@ def test_typical_problems_have_several_distinct_correct_teacher_paths():
         right = [t for t in teacher_solutions(p, 8, rng) if verify_trace(t, p) == 1.0]
         many += len({solution_order(t) for t in right}) >= 2
     assert many >= 0.95 * len(problems), many
+
+
+def classify_slip(text, problem):
+    """Which slip a wrong teacher carries, read from its text apart from data.py: ("copy", position, None)
+    when every step is right arithmetic but one operand was miscopied (same number of digits, one digit
+    changed); ("carry", step, delta) when the operands are the problem's and exactly one step's result
+    is off by delta, the later steps computed from it. None for anything else."""
+    body, sep, final = text.rpartition("#### ")
+    if not sep or not body.endswith(";"):
+        return None
+    steps = [re.fullmatch(r"(-?\d+)([+-])(-?\d+)=(-?\d+)", s) for s in body[:-1].split(";")]
+    if not all(steps) or any(m[2] != problem.op for m in steps):
+        return None
+    steps = [(int(m[1]), int(m[3]), int(m[4])) for m in steps]
+    if any(steps[i][0] != steps[i - 1][2] for i in range(1, len(steps))) or final != str(steps[-1][2]):
+        return None  # not a chain: every slip is written as a running sum
+    used = [steps[0][0]] + [b for _, b, _ in steps]
+    off = [(i, c - (a + b if problem.op == "+" else a - b)) for i, (a, b, c) in enumerate(steps)]
+    off = [(i, d) for i, d in off if d]
+    if problem.op == "-" and sorted(used[1:]) != sorted(problem.operands[1:]) and used[0] != problem.operands[0]:
+        return None  # a difference keeps its first operand first (unless that one was miscopied)
+    if not off:
+        extra, missing = collections.Counter(used) - collections.Counter(problem.operands), \
+            collections.Counter(problem.operands) - collections.Counter(used)
+        if sum(extra.values()) != 1 or sum(missing.values()) != 1:
+            return None
+        new, old = str(next(iter(extra))), str(next(iter(missing)))
+        if len(new) != len(old) or sum(u != v for u, v in zip(new, old)) != 1:
+            return None
+        return ("copy", used.index(int(new)), None)
+    if len(off) == 1 and sorted(used) == sorted(problem.operands) and off[0][1] in (-10, -1, 1, 10):
+        return ("carry", off[0][0], off[0][1])
+    return None
+
+
+@pytest.mark.parametrize("split", ["train", "ood", "probe"])
+def test_every_slip_is_one_miscopied_digit_or_one_carry_and_both_kinds_occur_everywhere(split):
+    """_slip's promise: a miscopied operand digit or a partial result off by 1 or 10, propagated.
+    Every wrong teacher is exactly one of those; half are each kind; the copy slip hits every
+    operand position and the carry slip every step, with every delta; a carry slip never writes a
+    negative partial result."""
+    rng = random.Random(15)
+    problems = make_split(split, 300, seed=15)
+    kinds = [(p, t, classify_slip(t, p)) for p in problems for t in teacher_solutions(p, 4, rng, 1.0)]
+    assert all(k is not None for _, _, k in kinds), next((p.prompt, t) for p, t, k in kinds if k is None)
+    n_ops = len(problems[0].operands)
+    copy = collections.Counter(pos for _, _, (kind, pos, _) in kinds if kind == "copy")
+    carry = collections.Counter((pos, d) for _, _, (kind, pos, d) in kinds if kind == "carry")
+    assert abs(sum(copy.values()) / len(kinds) - 0.5) < 0.05, copy  # 1200 slips: standard error 0.015
+    assert set(copy) == set(range(n_ops)), copy
+    assert {pos for pos, _ in carry} == set(range(n_ops - 1)), carry
+    assert {d for _, d in carry} == {-10, -1, 1, 10}, carry
+    for p, t, (kind, _, _) in kinds:
+        if kind == "carry":
+            assert "=-" not in t, (p.prompt, t)
+
+
+def test_wrong_teachers_take_random_orders_too():
+    """Each teacher solution takes a random operand order, the wrong ones included: a slipped
+    teacher written in the canonical order (position for position, up to the slipped operand)
+    is as rare as a right one in that order (1 in 24 for 4 distinct operands)."""
+    rng = random.Random(16)
+    problems = [p for p in make_split("train", 300, seed=16) if len(set(p.operands)) == 4]
+    wrong = [(p, t) for p in problems for t in teacher_solutions(p, 4, rng, 1.0)]
+    canonical = sum(sum(x == y for x, y in zip(solution_order(t), p.operands)) >= 3 for p, t in wrong)
+    assert canonical / len(wrong) < 0.1, canonical / len(wrong)
 
 
 @pytest.mark.parametrize("cfg", [TaskConfig(), TaskConfig(train_ops=3, ood_ops=6)])
@@ -295,6 +394,93 @@ def test_a_used_up_split_fails_after_few_draws_and_a_full_one_is_still_found(mon
     size = sum(bucket(q) in data._BUCKETS[name] for q in every)
     assert len(every) == 729 and len(make_split(name, size, cfg=cfg)) == size  # the whole split, found
 
+
+@pytest.mark.parametrize("split", ["train", "val", "test", "ood", "probe", "easy", "base"])
+def test_operands_are_drawn_from_the_whole_digit_range(split):
+    """2-digit operands are every number in [10, 99]: both ends are reached (an off-by-one in the
+    range would drop 10 or 99 and, for the probes, the problems that use them)."""
+    values = collections.Counter(x for p in make_split(split, 400, seed=11) for x in p.operands)
+    assert set(values) == set(range(10, 100)), sorted(set(range(10, 100)) - set(values))
+
+
+@pytest.mark.parametrize("mix", [TaskConfig().base_mix, {3: 1.0, 6: 3.0}])
+def test_base_operand_counts_follow_the_base_mix_weights(mix):
+    """Pretraining's sums take their operand count from base_mix, in proportion to its weights
+    (the weights are what makes 4- and 5-operand problems frequent enough for the base)."""
+    cfg = TaskConfig(base_mix=mix)
+    sums = [p for p in make_split("base", 4000, seed=12, cfg=cfg) if p.op == "+"]
+    counts = collections.Counter(len(p.operands) for p in sums)
+    total = sum(mix.values())
+    for k, w in mix.items():  # ~3600 sums: standard error <= 0.009
+        assert abs(counts[k] / len(sums) - w / total) < 0.04, (k, counts)
+    assert set(counts) == set(mix)
+
+
+def test_splits_of_one_family_occupy_disjoint_buckets_and_base_shares_none():
+    """Splits are disjoint by construction (a problem's bucket is a hash of its prompt), not by luck:
+    with 65M possible 4-operand sums two random draws of 300 never meet, so the sets of buckets are
+    what is compared. train, val and test draw the same problems and must not share a bucket; base
+    (which holds every family) shares a bucket with no other split."""
+    seen = {s: {bucket(p.prompt) for p in make_split(s, 300, seed=13)} for s in SPLITS}
+    for a, b in [("train", "val"), ("train", "test"), ("val", "test")] + [("base", s) for s in SPLITS[1:]]:
+        assert not seen[a] & seen[b], (a, b, seen[a], seen[b])
+    assert set().union(*seen.values()) == set(range(10))
+
+
+def test_whole_splits_of_a_small_task_are_disjoint():
+    """With 1-digit operands there are 9^3 = 729 three-operand sums: each split asked for all of its
+    problems must still share none with another (a bucket range that overlaps would show here)."""
+    cfg = TaskConfig(digits=1, train_ops=3, ood_ops=4)
+    every = ["Q:" + "+".join(map(str, xs)) + "=" for xs in itertools.product(range(1, 10), repeat=3)]
+    full = {}
+    for s in ("train", "val", "test"):
+        size = sum(bucket(q) in data._BUCKETS[s] for q in every)
+        full[s] = {p.prompt for p in make_split(s, size, cfg=cfg)}
+        assert len(full[s]) == size
+    assert not full["train"] & full["val"] and not full["train"] & full["test"] and not full["val"] & full["test"]
+    assert len(full["train"] | full["val"] | full["test"]) < len(every)  # the base buckets keep the rest
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(base_mix={1: 1.0}), "base_mix"), (dict(base_mix={}), "base_mix"), (dict(base_mix={3: -1.0}), "base_mix"),
+    (dict(base_mix={3: 0.0}), "base_mix"), (dict(expert_style="wavy"), "expert_style"), (dict(digits=0), "digits"),
+    (dict(digits=7), "digits"), (dict(ood_ops=10), "ood_ops"), (dict(shuffle_share=-0.1), "shuffle_share"),
+])
+def test_invalid_task_config_raises_naming_the_setting(kwargs, name):
+    with pytest.raises(ValueError, match=f"TaskConfig.{name}"):
+        TaskConfig(**kwargs)
+
+
+def tree_steps(xs):
+    """The tree expert's steps, from a formula rather than a loop over levels: at level L (blocks of
+    2^L operands, aligned from the left), step j adds block 2j to block 2j + 1 whenever block 2j + 1
+    is not empty. An odd one out is a short last block, so it moves up as it is."""
+    out, size = [], 1
+    while size < len(xs):
+        for start in range(0, len(xs), 2 * size):
+            left, right = xs[start:start + size], xs[start + size:start + 2 * size]
+            if right:
+                out.append((sum(left), "+", sum(right), sum(left) + sum(right)))
+        size *= 2
+    return out
+
+
+@FAST
+@given(st.lists(st.integers(10, 99), min_size=2, max_size=9))
+def test_tree_expert_adds_aligned_neighbouring_blocks_at_every_level(xs):
+    """Every level of the tree, not only the first, pairs neighbours: checked against tree_steps."""
+    p = make_problem(xs, style="tree")
+    assert data.parse_steps(p.expert) == (tree_steps(xs), str(sum(xs)))
+
+
+def test_tree_style_leaves_a_subtraction_a_running_difference():
+    """A difference has no regrouping, so the tree style writes the chain (data.tree_sum's docstring);
+    the probe family under the tree style still has right, strictly verified experts."""
+    cfg = TaskConfig(expert_style="tree")
+    for p in make_split("probe", 200, seed=14, cfg=cfg):
+        assert p.expert == data.running_sum(p.operands, "-") and verify_trace(p.expert, p) == 1.0
+    assert make_problem([90, 20, 10, 5], "-", style="tree").expert == "90-20=70;70-10=60;60-5=55;#### 55"
+
 # ----------------------------------------------------------------------------- JSONL
 
 def test_shipped_example_jsonl_loads_and_experts_verify():
@@ -302,6 +488,16 @@ def test_shipped_example_jsonl_loads_and_experts_verify():
     assert len(problems) == 50
     for p in problems:
         assert verify(p.expert, p.answer) == 1.0 and len(p.teachers) == 3
+
+
+def test_shipped_example_jsonl_is_exactly_what_python_data_py_writes(tmp_path):
+    """`python data.py` regenerates data/example.jsonl; the committed results are built on the same
+    draws (each split's seed stream, the operand ranges, the teachers' orders and slips). Any change
+    to what the generator draws changes this file, so it is pinned byte for byte."""
+    path = tmp_path / "example.jsonl"
+    write_jsonl(str(path), make_split("train", 50))
+    with open(os.path.join(DATA_DIR, "example.jsonl"), "rb") as f:
+        assert path.read_bytes() == f.read()
 
 
 def test_gsm8k_sample_loads_and_every_solution_verifies(capsys):
@@ -340,6 +536,7 @@ BAD_FILES = {  # name: (file bytes, bad line number, words the message must cont
     "teachers not a list": (line(teachers="2+1=3;#### 3") + b"\n", 1, "'teachers' must be list"),
     "teachers not strings": (line() + b"\n" + line(teachers=["ok", 7]) + b"\n", 2, "list of strings"),
     "empty prompt": (line(prompt="") + b"\n", 1, "non-empty"),
+    "empty expert": (line() + b"\n" + line(expert="") + b"\n", 2, "non-empty"),
     "not utf-8": (line() + b"\n" + line()[:-2] + b'\xff"}' + b"\n", 2, "UTF-8"),
 }
 
