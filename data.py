@@ -18,7 +18,8 @@ last "####" (the GSM8K convention, so real GSM8K-style data verifies with the sa
 `verify_trace` is a stricter check that every step is right and uses each operand once.
 
 Splits are disjoint by construction: a problem's split bucket is a hash of its prompt (the ood
-split only while ood_ops != train_ops: it shares the test split's bucket; train.py requires ood_ops > train_ops).
+split only while ood_ops != train_ops, as it shares the test split's bucket; train.py requires
+ood_ops > train_ops).
     base   pretraining mix: 2-5 operands (TaskConfig.base_mix) plus the probe family
     train  fine-tuning prompts, TaskConfig.train_ops operands
     val    same distribution as train, for choosing settings (never the test split)
