@@ -183,17 +183,15 @@ def mode_help(mode):
     """The epilog of `python train.py MODE --help`: the mode's filled defaults and the settings it
     does not read (an error if given), from MODE_DEFAULTS, READ_BY and DEMO_READS."""
     d = fill_defaults(Config(mode=mode))
-    shown = {"pretrain": ("steps", "lr", "warmup", "schedule"), "gft": ("steps", "lr", "warmup", "schedule", "n_rollout"),
-             "grpo": ("steps", "lr", "warmup", "schedule", "n_rollout"), "demo": ("expert_style",)}
-    keys = shown.get(mode, ("steps", "lr", "warmup", "schedule") if mode in TRAINING else ())
-    unread = ([k for k in Config.__dataclass_fields__ if k not in DEMO_READS] if mode == "demo" else
-              [k for k, modes in READ_BY.items() if mode not in modes])
+    keys = (("steps", "lr", "warmup", "schedule") if mode in TRAINING else ()) + \
+        (("n_rollout",) if mode in ("gft", "grpo") else ()) + (("expert_style",) if mode == "demo" else ())
     text = f"mode {mode}: " + (f"defaults {', '.join(f'--{k} {getattr(d, k)}' for k in keys)}, --out {d.out}. "
                                if keys else f"default --out {d.out}. ")
     if mode == "demo":
         text += (f"It fine-tunes {DEMO_STEPS} steps (DEMO_STEPS) each of SFT and GFT and reads only "
                  f"{', '.join('--' + k for k in DEMO_READS[1:])}; any other setting is an error.")
     else:
+        unread = [k for k, modes in READ_BY.items() if mode not in modes]
         text += f"It does not read (an error if given): {', '.join('--' + k for k in unread)}."
     return textwrap.fill(text, 100)
 
@@ -706,8 +704,8 @@ def kl_to_base(model, base, tok, groups):
 @torch.no_grad()
 def base_sample_groups(base, tok, problems, max_new_tokens):
     """One response per problem sampled from the base at T=1 with a fixed generator, so every run
-    from this base gets the same contexts (the official code logs KL on fixed prompts; how it picks the responses
-    is not in our notes)."""
+    from this base gets the same contexts (the official code logs KL on fixed prompts; how it picks
+    the responses is not in our notes)."""
     gen = torch_gen(0, 0, "kl", next(base.parameters()).device)
     outs, _ = sample(base, tok, [p.prompt for p in problems], 1, 1.0, max_new_tokens, gen)
     return [gft.Group(tok.encode(p.prompt), [gft.Response(o, "rollout")]) for p, o in zip(problems, outs)]
