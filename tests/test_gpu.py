@@ -196,6 +196,7 @@ def test_compile_true_trains_a_few_steps(tmp_path):
 def test_torchrun_with_more_processes_than_gpus_stops_with_what_to_do(tmp_path):
     n = torch.cuda.device_count()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n + 1), "--standalone",
+           "--log-dir", str(tmp_path / "torchrun"),  # else a torchelastic_* folder is left behind in /tmp
            os.path.join(ROOT, "train.py"), "pretrain", "--steps", "1", "--out", str(tmp_path / "x")]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert p.returncode != 0

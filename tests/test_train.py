@@ -167,8 +167,10 @@ def test_two_ddp_processes_match_one_process_on_the_same_global_batch(base, tmp_
     args = ["sft", "--init", base, "--steps", "2", "--batch_size", "6", "--device", "cpu", *FAST]
     train.main(args + ["--out", str(tmp_path / "one")])
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    # --log-dir: torchrun's per-rank log folder, else a torchelastic_* folder left behind in /tmp
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-           os.path.join(ROOT, "train.py"), *args, "--out", str(tmp_path / "two")]
+           "--log-dir", str(tmp_path / "torchrun"), os.path.join(ROOT, "train.py"), *args,
+           "--out", str(tmp_path / "two")]
     p = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     # stderr's head too: a rank's own message comes before torchrun's long summary of the failure
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[:3000] + "\n[...]\n" + p.stderr[-1500:]
