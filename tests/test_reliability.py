@@ -746,10 +746,15 @@ def test_checkpoint_and_metrics_are_fsynced_before_the_rename_that_publishes_the
 
 # ----------------------------------------------------------------------------- the command line, as a new user meets it
 
-def cli(*args, debug=False):
+def cli_env(debug=False):
+    """One thread, and GFT_DEBUG=1 only when asked: not inherited from the shell that runs the tests."""
     env = {k: v for k, v in os.environ.items() if k != "GFT_DEBUG"}
     env.update(OMP_NUM_THREADS="1", **({"GFT_DEBUG": "1"} if debug else {}))
-    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], env=env, cwd=ROOT,
+    return env
+
+
+def cli(*args, debug=False):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], env=cli_env(debug), cwd=ROOT,
                           capture_output=True, text=True, timeout=180)
 
 
@@ -773,7 +778,7 @@ def test_ctrl_c_is_one_line_on_stderr_saying_how_to_go_on_and_keeps_the_checkpoi
     args = [sys.executable, os.path.join(ROOT, "train.py"), "pretrain", "--out", out, "--steps", "100000",
             "--gate_pass1", "0", "--ckpt_every", "2", "--log_every", "1", "--batch_size", "4", *TINY, *fast(["pretrain"])]
     # SIGINT as a terminal delivers it: a job started in the background (`pytest ... &`) inherits it ignored
-    p = subprocess.Popen(args, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1"),
+    p = subprocess.Popen(args, cwd=ROOT, env=dict(cli_env(), PYTHONUNBUFFERED="1"),  # GFT_DEBUG=1 re-raises
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
