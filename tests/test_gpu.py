@@ -16,7 +16,7 @@ import data as D
 import model as M
 import train
 from model import GPT, GPTConfig
-from test_model import left_pad, multinomial_sample  # tests/ is on sys.path under pytest
+from test_model import left_pad, multinomial_sample  # tests/ is on sys.path (conftest.py)
 import test_train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (GPU-only checks)")

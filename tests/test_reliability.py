@@ -133,7 +133,7 @@ import data as D
 import gft
 import train
 from model import GPT, GPTConfig, pick_device
-import _faulty_train  # tests/_faulty_train.py: pytest puts tests/ on sys.path
+import _faulty_train  # tests/_faulty_train.py: conftest.py puts tests/ on sys.path
 import test_train
 
 real_train_step = train.train_step
