@@ -49,8 +49,8 @@ stage() {  # stage NAME LIMIT_S COMMAND...: run under min(LIMIT_S, time left), l
 info() {
   nvidia-smi || echo "nvidia-smi: not found"
   python - <<'EOF'
-import torch
-print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, available {torch.cuda.is_available()}, "
+import platform, torch
+print(f"Python {platform.python_version()}, torch {torch.__version__}, CUDA {torch.version.cuda}, available {torch.cuda.is_available()}, "
       f"{torch.cuda.device_count()} GPU(s)")
 for i in range(torch.cuda.device_count()):
     p = torch.cuda.get_device_properties(i)
