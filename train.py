@@ -576,9 +576,10 @@ def prompts_drawn(cfg):
 
 def draw(pool, n, seed, step, rank, world):
     """This step's problems for this rank: n drawn from the pool without replacement (the
-    same draw on every rank), then rank r takes every world-th one."""
-    chosen = step_rng(seed, step, "draw").sample(range(len(pool)), n) if n <= len(pool) else \
-        [step_rng(seed, step, "draw").randrange(len(pool)) for _ in range(n)]
+    same draw on every rank; with replacement when n > the pool), then rank r takes every
+    world-th one."""
+    rng = step_rng(seed, step, "draw")  # one stream per step: a fresh stream per pick makes every pick the same
+    chosen = rng.sample(range(len(pool)), n) if n <= len(pool) else rng.choices(range(len(pool)), k=n)
     return [pool[i] for i in chosen][rank::world]
 
 

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 import data as D
 import train
@@ -558,15 +558,23 @@ def test_kl_to_base_is_the_forward_kl_per_response_token_one_sequence_at_a_time(
 
 @settings(max_examples=50, deadline=None, derandomize=True)
 @given(st.integers(1, 40), st.integers(1, 60), st.integers(1, 4), st.integers(0, 10 ** 6))
+@example(pool_size=2, n=1, world=1, seed=10 ** 6)  # its first 6 steps all draw prompt 1 (chance 1/32)
+@example(pool_size=2, n=3, world=1, seed=0)  # a pool smaller than the draw gave one prompt n times
 def test_draw_takes_distinct_prompts_anew_each_step_and_splits_them_between_ranks(pool_size, n, world, seed):
     pool = list(range(pool_size))
-    steps = [train.draw(pool, n, seed, step, 0, 1) for step in range(6)]
+    # "anew" and "with replacement" hold by chance, so some seed could break them: over 64 steps, all
+    # draws equal has chance <= 2^-63 (>= 2 possible draws) and every draw one prompt n times <= 2^-128
+    # (n >= 3 picks from >= 2 prompts); over the < 2.5e9 (pool_size, n, seed) here, < 1e-9 that any
+    # fails (over 6 steps, 1 in 32 seeds failed for pool_size 2, n 1: the first example)
+    steps = [train.draw(pool, n, seed, step, 0, 1) for step in range(64)]
     for chosen in steps:
         assert len(chosen) == n and set(chosen) <= set(pool)
         if n <= pool_size:
             assert len(set(chosen)) == n  # without replacement while the pool allows
     if n < pool_size:
         assert len({tuple(c) for c in steps}) > 1  # each step draws anew
+    if n > pool_size > 1:
+        assert any(len(set(c)) > 1 for c in steps)  # with replacement: not one prompt n times
     for step, chosen in enumerate(steps):  # the ranks' shares interleave back into the single process's draw
         shares = [train.draw(pool, n, seed, step, r, world) for r in range(world)]
         assert [shares[i % world][i // world] for i in range(n)] == chosen
