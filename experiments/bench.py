@@ -7,6 +7,7 @@
     python experiments/bench.py --quick --nanogpt .nanogpt/model.py   # on a GPU: + section 4 against nanoGPT's model
     python experiments/bench.py --quick --nanogpt .nanogpt/model.py --before .nanogpt/model_before.py   # + an older model.py
     python experiments/bench.py --quick --before .nanogpt/model_before.py   # CPU: + section 5, before / now
+    python experiments/bench.py --gpu_dry_run --nanogpt .nanogpt/model.py --before .nanogpt/model_before.py   # below
 
 Section 4 runs on CUDA only (a printed line says it was skipped elsewhere): issue 13's figures at
 GPT-2-small shape (12x12x768, block 1024, vocab 50304, bf16 autocast, fused AdamW): training
@@ -17,6 +18,11 @@ at the default config; GFT step / GRPO step with fast decode. Each ratio is prin
 MISS against the issue's target. Changes that have a switch are timed both ways in the same run
 (fused rotary against unfused; fast decode with its step compiled or not); the others against
 --before, an older model.py of this project. experiments/gpu_check.sh runs it with the GPU tests.
+
+--gpu_dry_run runs section 4 alone on the CPU at tiny shapes, before a GPU is spent on it: about a
+minute here, it reaches every line a GPU would (compiled training and the profile too, unless
+--gpu_compile 0), so a Python error in code that only a GPU runs shows up on a laptop. Its
+figures mean nothing (CPU, float32 under a disabled CUDA autocast), and its PASS / MISS neither.
 
 Section 5 runs with --before on any device: section 1's train.py step and section 2's cached
 generation by the older model.py and by this one, the same weights, interleaved; now / before.
@@ -58,6 +64,7 @@ import resource
 import statistics
 import sys
 import time
+import warnings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the core files live one folder up
 sys.path.insert(0, ROOT)
@@ -593,6 +600,21 @@ def bench_gpu(device, args, tok, peak, rl_ratio_eager, before):
         profile_decode(device)
 
 
+def gpu_dry_run(args, tok, before):
+    """--gpu_dry_run: bench_gpu on the CPU, its shapes shrunk (GPT-2's to 2x2x64, block 64, vocab 512;
+    generation to batch 4, prompt 8, 12 new tokens), the device name stood in for, 1 repeat."""
+    global GPT2_BATCH, G2_BATCH, G2_PROMPT, G2_NEW
+    GPT2.update(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=512)
+    GPT2_BATCH, G2_BATCH, G2_PROMPT, G2_NEW = 2, 4, 8, 12
+    torch.cuda.get_device_name = lambda device=None: "CPU (--gpu_dry_run: tiny shapes, the figures mean nothing)"
+    args.repeats, args.gpu_profile = 1, True
+    t0 = time.time()
+    with warnings.catch_warnings():  # autocast("cuda") on the CPU warns that it is disabled, at every use
+        warnings.filterwarnings("ignore", message=".*CUDA is not available.*")
+        bench_gpu(torch.device("cpu"), args, tok, matmul_peak(torch.device("cpu"), 256, 3), 1.0, before)
+    print(f"\n--gpu_dry_run: section 4 ran through in {time.time() - t0:.0f} s")
+
+
 # ----------------------------------------------------------------------------- 5. --before
 
 def bench_before(device, args, tok, before, configs):
@@ -653,6 +675,8 @@ def main(argv=None):
     p.add_argument("--gpu_compile", type=int, default=1, choices=(0, 1),
                    help="GPU section: also time torch.compile'd training (1, ~1-2 min of compiling) or not (0)")
     p.add_argument("--gpu_profile", action="store_true", help="GPU section: torch.profiler tables of decoding")
+    p.add_argument("--gpu_dry_run", action="store_true", help="section 4 alone, on the CPU at tiny shapes, "
+                   "profile included: checks the GPU-only code runs; the figures mean nothing")
     args = p.parse_args(argv)
     if args.repeats < 1:
         raise SystemExit(f"--repeats must be >= 1, got {args.repeats}")
@@ -668,6 +692,8 @@ def main(argv=None):
     device = pick_device(args.device)
     before = load_model_py(args.before, "before_model") if args.before else None
     tok = D.Tokenizer()
+    if args.gpu_dry_run:
+        return gpu_dry_run(args, tok, before)
     configs = {k: v for k, v in CONFIGS.items() if not (args.quick and k != "default")}
     t_start = time.time()
     load = f", load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores" if hasattr(os, "getloadavg") else ""
