@@ -294,9 +294,16 @@ def test_mode_help_names_its_defaults_and_every_setting_it_refuses(mode, capsys)
 def one_step(mode, monkeypatch):
     """(config, step): step(config) -> (loss, metrics) of one train_step of mode, on a tiny random
     model (and, for grpo's KL, another as the reference), the same every call. The verifier is
-    replaced by one that passes about half of any texts (odd length), so that groups of random
-    rollouts are mixed and their advantages not all 0."""
-    monkeypatch.setattr(D, "verify", lambda text, answer: float(len(text) % 2))
+    replaced by one that alternates 1, 0, 1, ... over its calls in a step, so that every group (2 or more
+    responses, scored one after another) is mixed and its advantages not all 0 whatever the rollouts
+    drew. It passed texts of odd length, about half: on another seed grpo's 6 rollouts were all odd,
+    the groups constant and the loss blind to --adv_scale."""
+    calls = []  # this step's verifier calls
+
+    def alternate(text, answer):
+        calls.append(text)
+        return float(len(calls) % 2)
+    monkeypatch.setattr(D, "verify", alternate)
     size = dict(batch_size=4) if mode in ("pretrain", "sft", "dft") else dict(prompts_per_step=2, n_rollout=3)
     cfg = train.make_config(mode=mode, **({} if mode == "pretrain" else {"init": "x.pt", "n_prompts": 16}), eval_n=2,
                             passk_problems=1, kl_n=1, max_new_tokens=48, **size,
@@ -307,6 +314,7 @@ def one_step(mode, monkeypatch):
                   for _ in range(2))
 
     def step(c):
+        calls.clear()  # each step scores the same way
         pool = train.load_problems(c, tok, 128)["train"]
         loss, m = train.train_step(model, train.LogProbs(model), tok, c, 3, pool, ref, 0, 1)
         return loss.item(), m
