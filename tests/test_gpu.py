@@ -16,7 +16,8 @@ import data as D
 import model as M
 import train
 from model import GPT, GPTConfig
-from test_model import left_pad, multinomial_sample  # tests/ is on sys.path (conftest.py)
+import test_model  # tests/ is on sys.path (conftest.py)
+from test_model import left_pad, multinomial_sample
 import test_train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (GPU-only checks)")
@@ -25,7 +26,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEV = torch.device("cuda")
 TOK = D.Tokenizer()
 EOS, PAD = TOK.eos_id, TOK.pad_id
-TINY = dict(block_size=64, n_layer=2, n_head=2, n_embd=32)
 BF16 = dict(device_type="cuda", dtype=torch.bfloat16)
 
 
@@ -39,23 +39,9 @@ PROMPTS = [TOK.encode(p.prompt) for p in FIT_PROBLEMS]
 def fitted():
     """tests/test_model.py's fitted model, trained on the GPU: separated logits, so greedy tokens
     do not hinge on bf16 rounding between near-ties."""
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(**TINY)).to(DEV)
-    rows = [TOK.encode(p.prompt + p.expert) + [EOS] for p in FIT_PROBLEMS]
-    L = max(map(len, rows))
-    x = torch.full((len(rows), L), PAD)
-    y = torch.full((len(rows), L), -1)
-    for i, s in enumerate(rows):
-        x[i, :len(s)], y[i, :len(s) - 1] = torch.tensor(s), torch.tensor(s[1:])
-    x, y = x.to(DEV), y.to(DEV)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    for _ in range(300):
-        _, loss = model(x, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.1
-    return model.eval()
+    model, losses = test_model.fit(DEV)
+    assert losses[-1] < test_model.FIT_LOSS, f"not fitted in {test_model.FIT_CAP} steps: {losses[-20:]}"
+    return model
 
 
 def test_kv_cache_logits_equal_recompute_on_cuda_under_bf16():

@@ -64,27 +64,43 @@ RAGGED = [TOK.encode(p.prompt) for p in make_split("base", 6, seed=0)] + \
          [TOK.encode(FIT_PROBLEMS[0].prompt)[:k] for k in (1, 4, 9)]
 
 
-@pytest.fixture(scope="module")
-def fitted():
-    """A 2-layer, 2-head, 32-wide model after 300 AdamW steps on 8 prompt+expert+eos rows."""
+# Fit until a loss, not for a fixed number of steps: the steps needed vary with the draw (286 to 348
+# to reach FIT_LOSS over 36 inits x problem sets), and AdamW at 3e-3 spikes now and then (one draw:
+# under 0.1 at step 215, 0.17 at step 300), so a fixed count (300, bar 0.1) failed on other seeds.
+# The floor is the rows' own entropy, ln 8 / ~54 targets per row ~ 0.04 (which row a prefix
+# starts); 0.05 is as fitted as the 300 steps left seed 0, which the generation tests were made on.
+FIT_LOSS = 0.05
+FIT_CAP = 2000  # ~6x the most steps any of the 36 draws needed
+
+
+def fit(device="cpu"):
+    """A 2-layer, 2-head, 32-wide model fitted by AdamW to 8 prompt+expert+eos rows until its loss is
+    below FIT_LOSS (or FIT_CAP steps): (the model, each step's loss, the last the returned model's)."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig(**TINY))
-    x, y = batch([TOK.encode(p.prompt + p.expert) + [EOS] for p in FIT_PROBLEMS])
+    model = GPT(GPTConfig(**TINY)).to(device)
+    x, y = (t.to(device) for t in batch([TOK.encode(p.prompt + p.expert) + [EOS] for p in FIT_PROBLEMS]))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)  # 1e-2 stalls with rotary positions
     losses = []
-    for _ in range(300):
+    for _ in range(FIT_CAP):
         _, loss = model(x, y)
+        losses.append(loss.item())
+        if losses[-1] < FIT_LOSS:
+            break  # before the update: the model returned is the one measured
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(loss.item())
     return model.eval(), losses
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    return fit()
 
 
 def test_tiny_model_overfits_a_tiny_batch(fitted):
     model, losses = fitted
     assert losses[0] > 5.0  # ~ln(258) at init
-    assert losses[-1] < 0.1, losses[-20:]
+    assert losses[-1] < FIT_LOSS, f"not fitted in {FIT_CAP} steps: {losses[-20:]}"
     # and it has learned the rows: greedy decoding reproduces every expert, then stops
     prompts = [TOK.encode(p.prompt) for p in FIT_PROBLEMS]
     idx, mask = left_pad(prompts)
