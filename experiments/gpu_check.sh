@@ -50,8 +50,8 @@ info() {
   nvidia-smi || echo "nvidia-smi: not found"
   python - <<'EOF'
 import platform, torch
-print(f"Python {platform.python_version()}, torch {torch.__version__}, CUDA {torch.version.cuda}, available {torch.cuda.is_available()}, "
-      f"{torch.cuda.device_count()} GPU(s)")
+print(f"Python {platform.python_version()}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
+      f"available {torch.cuda.is_available()}, {torch.cuda.device_count()} GPU(s)")
 for i in range(torch.cuda.device_count()):
     p = torch.cuda.get_device_properties(i)
     print(f"  cuda:{i} {p.name}, {p.total_memory / 2**30:.0f} GiB, capability {p.major}.{p.minor}")
