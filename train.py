@@ -1198,14 +1198,14 @@ def demo(cfg):
     """The main job: pretrain a base (or reuse it), then SFT and GFT from it on an expert written in
     a form pretraining never shows (--expert_style tree: the paper's premise, an off-policy expert),
     the same prompts and the same number of trained sequences per step; one table, then what it
-    says. About 3.5 minutes on 2 CPU cores. --expert_style chain runs the control (the expert as
+    says. About 3.5 to 5 minutes on 2 CPU cores. --expert_style chain runs the control (the expert as
     pretraining writes). It reads only DEMO_READS (any other setting is an error); its SFT and GFT
     runs replace the previous demo's."""
     style = cfg.expert_style
     regime = "never in pretraining: off-policy" if style != "chain" else "as pretraining writes: the control"
     print(f"demo: pretrain a base model (or reuse one), fine-tune it with SFT and with GFT on {style}-form expert\n"
-          f"solutions ({regime}), evaluate all three. About 3.5 minutes on 2 CPU cores (less when the base is "
-          f"reused).")
+          f"solutions ({regime}), evaluate all three. About 3.5 to 5 minutes on 2 CPU cores (less when the base "
+          f"is reused).")
     t0 = time.time()
     root = cfg.out
     base_ckpt = os.path.join(root, "base", "ckpt.pt")
