@@ -611,6 +611,7 @@ def gpu_dry_run(args, tok, before):
     t0 = time.time()
     with warnings.catch_warnings():  # autocast("cuda") on the CPU warns that it is disabled, at every use
         warnings.filterwarnings("ignore", message=".*CUDA is not available.*")
+        # 1.0: section 3 did not run, so its eager GFT / GRPO ratio is a stand-in (printed, never measured)
         bench_gpu(torch.device("cpu"), args, tok, matmul_peak(torch.device("cpu"), 256, 3), 1.0, before)
     print(f"\n--gpu_dry_run: section 4 ran through in {time.time() - t0:.0f} s")
 
